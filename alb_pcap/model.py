@@ -129,7 +129,7 @@ class Close:
     how: str  # "fin" or "rst"
     ts_ns: int
     frame: int
-    state: str  # what the connection was doing: "idle", "request", "response", "handshake"
+    state: str  # TCP state when sent: "handshake", "established" or "half_closed" (peer's FIN seen)
 
 
 @dataclass(frozen=True, slots=True)

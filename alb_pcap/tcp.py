@@ -1,0 +1,535 @@
+"""TCP stage: packets -> connections with in-order byte streams.
+
+Theory of operation
+-------------------
+A connection is keyed by its 4-tuple *and* its life: a SYN with a new ISN, or
+any SYN after the old connection closed, starts a new connection on the same
+tuple (ephemeral ports are reused within seconds under load).
+
+Each direction is reassembled on its own. Bytes are handed to a listener in
+order; segments that arrive early wait in a bounded out-of-order buffer.
+A hole becomes a *gap* (bytes the capture never saw; common in mirror
+captures) when the peer acknowledges data beyond it, when later data or a FIN
+is waiting behind it and the peer has acknowledged past it, when the buffer
+outgrows its bound, or when the connection ends. Acknowledgements can be
+captured a little before the data they acknowledge when several ENIs are
+mirrored, so an acknowledged hole is only declared once it is
+``REORDER_WINDOW_NS`` old. After a gap the stream resumes.
+
+The summary uses Zeek's vocabulary (``history`` letters and ``conn_state``,
+derived from the two endpoint states the way ``conn/main.zeek`` does) so users
+can compare with Zeek's conn.log.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from .model import (
+    ORIG,
+    RESP,
+    TH_ACK,
+    TH_FIN,
+    TH_RST,
+    TH_SYN,
+    AnomalyLog,
+    Close,
+    Connection,
+    Packet,
+    Probe,
+    format_flow,
+)
+
+REORDER_WINDOW_NS = 5_000_000  # 5 ms
+LINGER_NS = 5_000_000_000  # a closed connection keeps absorbing stray segments this long
+MAX_BUFFERED = 1 << 20  # out-of-order bytes kept per direction before declaring a gap
+MAX_PROBES_KEPT = 64
+
+# Zeek endpoint states (TCP_Endpoint.h).
+INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
+
+# Ports a server listens on, to guess roles when the SYN is missing (Zeek does the same).
+LIKELY_SERVER_PORTS = frozenset({80, 81, 443, 3128, 5000, 8000, 8008, 8080, 8081, 8443, 8888, 9000})
+
+_HALF = 1 << 31
+_MOD = 1 << 32
+
+
+def _seq_diff(a: int, b: int) -> int:
+    """a - b in sequence space (RFC 1982 arithmetic)."""
+    return (a - b + _HALF) % _MOD - _HALF
+
+
+class StreamListener(Protocol):
+    """What the TCP stage tells the next stage. Directions are ORIG/RESP."""
+
+    def on_data(self, conn_id: int, direction: int, data: bytes, ts_ns: int, frame: int) -> None: ...
+    def on_gap(self, conn_id: int, direction: int, size: int, ts_ns: int, frame: int) -> None: ...
+    def on_end(self, conn_id: int, direction: int, how: str, ts_ns: int, frame: int) -> None: ...
+    def on_close(self, conn: Connection) -> None: ...
+
+
+class _Half:
+    """One direction of a connection: reassembly and counters."""
+
+    __slots__ = (
+        "state", "isn", "next_seq", "next_off", "max_off", "buffer", "buffered",
+        "fin_off", "ended", "hole_ack_off", "hole_since", "pkts", "missed",
+        "probes", "probe_count", "zero_windows", "retransmits", "gaps", "letters",
+    )
+
+    def __init__(self) -> None:
+        self.state = INACTIVE
+        self.isn: int | None = None
+        self.next_seq: int | None = None  # next in-order sequence number (mod 2**32)
+        self.next_off = 0  # the same as an offset from the stream's first byte
+        self.max_off = 0  # highest offset seen (data or FIN), for Zeek's byte counts
+        self.buffer: dict[int, tuple[bytes, int, int, int]] = {}  # offset -> (bytes, missing, ts, frame)
+        self.buffered = 0
+        self.fin_off: int | None = None
+        self.ended = False
+        self.hole_ack_off: int | None = None  # the peer acknowledged up to here, past a hole
+        self.hole_since = 0
+        self.pkts = 0
+        self.missed = 0
+        self.probes: list[Probe] = []
+        self.probe_count = 0
+        self.zero_windows = 0
+        self.retransmits = 0
+        self.gaps = 0
+        self.letters: dict[str, int] = {}  # history letter -> times seen
+
+
+class _Conn:
+    __slots__ = (
+        "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
+        "half", "history", "syn_seen", "first_close", "fins", "rst", "vni", "closed_at",
+    )
+
+    def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
+        self.id = cid
+        if flipped:
+            self.orig, self.orig_port, self.resp, self.resp_port = pkt.dst, pkt.dport, pkt.src, pkt.sport
+        else:
+            self.orig, self.orig_port, self.resp, self.resp_port = pkt.src, pkt.sport, pkt.dst, pkt.dport
+        self.flipped = flipped
+        self.start_ns = self.last_ns = pkt.ts_ns
+        self.half = (_Half(), _Half())
+        self.history: list[str] = ["^"] if flipped else []
+        self.syn_seen = False
+        self.first_close: Close | None = None
+        self.fins: list[Close] = []
+        self.rst: Close | None = None
+        self.vni = pkt.vni
+        self.closed_at: int | None = None
+
+    @property
+    def flow(self) -> str:
+        return format_flow(self.orig, self.orig_port, self.resp, self.resp_port)
+
+
+def _record(conn: _Conn, direction: int, letter: str, repeatable: bool = False) -> None:
+    """Add a history letter: once per direction, or at 1, 10, 100... for repeatable ones."""
+    letters = conn.half[direction].letters
+    n = letters.get(letter, 0) + 1
+    letters[letter] = n
+    if n == 1 or (repeatable and _is_power_of_ten(n)):
+        conn.history.append(letter.upper() if direction == ORIG else letter)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def conn_state(orig: int, resp: int, history: str, orig_bytes: int, resp_bytes: int) -> str:
+    """Zeek's ``conn_state`` from the two endpoint states (base/protocols/conn/main.zeek)."""
+    o_inactive = orig in (INACTIVE, PARTIAL)
+    r_inactive = resp in (INACTIVE, PARTIAL)
+    if resp == RESET:
+        if orig in (SYN_SENT, SYN_ACK_SENT) or (orig == RESET and orig_bytes == 0 and resp_bytes == 0):
+            return "REJ"
+        return "RSTRH" if o_inactive else "RSTR"
+    if orig == RESET:
+        if r_inactive:
+            return "RSTOS0" if _syn_then_reset(history) else "OTH"
+        return "RSTO"
+    if orig == CLOSED and resp == CLOSED:
+        return "SF"
+    if orig == CLOSED:
+        return "SH" if r_inactive else "S2"
+    if resp == CLOSED:
+        return "SHR" if o_inactive else "S3"
+    if orig == SYN_SENT and resp == INACTIVE:
+        return "S0"
+    if orig == ESTABLISHED and resp == ESTABLISHED:
+        return "S1"
+    return "OTH"
+
+
+def _syn_then_reset(history: str) -> bool:
+    """Zeek's /^?S[^HAFGIQ]*R.*/: a SYN, then a RST with no handshake in between."""
+    h = history.lstrip("^")
+    if not h.startswith("S"):
+        return False
+    for ch in h[1:]:
+        if ch == "R":
+            return True
+        if ch in "HAFGIQ":
+            return False
+    return False
+
+
+class TcpTracker:
+    """Feeds packets in capture order; tells a StreamListener what the streams carry."""
+
+    def __init__(self, listener: StreamListener, anomalies: AnomalyLog) -> None:
+        self.listener = listener
+        self.anomalies = anomalies
+        self._by_tuple: dict[tuple, tuple[_Conn, int]] = {}
+        self._lingering: deque[_Conn] = deque()
+        self._next_id = 1
+        self._next_sweep = 0
+        self.connections_seen = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._by_tuple) // 2
+
+    # -- packets -------------------------------------------------------------------
+
+    def feed(self, pkt: Packet) -> None:
+        found = self._by_tuple.get((pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        if found is not None and pkt.flags & TH_SYN and not pkt.flags & TH_ACK:
+            conn, direction = found
+            if self._starts_new_connection(conn, direction, pkt):
+                self._finalize(conn, "eof", pkt.ts_ns, pkt.frame)
+                found = None
+        if found is None:
+            conn, direction = self._open(pkt)
+        else:
+            conn, direction = found
+        conn.last_ns = pkt.ts_ns
+        self._segment(conn, direction, pkt)
+        if pkt.ts_ns >= self._next_sweep:
+            self._sweep(pkt.ts_ns)
+
+    def finish(self) -> None:
+        """Capture end: every connection still tracked is summarised as it stands."""
+        seen: set[int] = set()
+        for conn, _ in list(self._by_tuple.values()):
+            if conn.id not in seen:
+                seen.add(conn.id)
+                self._finalize(conn, "eof", conn.last_ns, 0)
+
+    @staticmethod
+    def _starts_new_connection(conn: _Conn, direction: int, pkt: Packet) -> bool:
+        if conn.closed_at is not None:
+            return True
+        half = conn.half[direction]
+        if half.isn is None:
+            return half.pkts > 0  # this side spoke before: the old connection was picked up mid-stream
+        return half.isn != pkt.seq
+
+    def _open(self, pkt: Packet) -> tuple[_Conn, int]:
+        conn = _Conn(self._next_id, pkt, self._guess_flipped(pkt))
+        self._next_id += 1
+        self.connections_seen += 1
+        fwd = (conn.orig, conn.orig_port, conn.resp, conn.resp_port)
+        rev = (conn.resp, conn.resp_port, conn.orig, conn.orig_port)
+        self._by_tuple[fwd] = (conn, ORIG)
+        self._by_tuple[rev] = (conn, RESP)
+        return conn, RESP if conn.flipped else ORIG
+
+    @staticmethod
+    def _guess_flipped(pkt: Packet) -> bool:
+        """Is the sender of this first packet the acceptor? (Zeek's role guess.)"""
+        flags = pkt.flags
+        if flags & TH_SYN:
+            return bool(flags & TH_ACK)
+        src_server = pkt.sport in LIKELY_SERVER_PORTS or pkt.sport < 1024
+        dst_server = pkt.dport in LIKELY_SERVER_PORTS or pkt.dport < 1024
+        return src_server and not dst_server
+
+    # -- one segment -----------------------------------------------------------------
+
+    def _segment(self, conn: _Conn, direction: int, pkt: Packet) -> None:
+        half = conn.half[direction]
+        peer = conn.half[1 - direction]
+        half.pkts += 1
+        flags = pkt.flags
+        size = len(pkt.payload) + pkt.missing
+        self._history(conn, direction, flags, size, pkt)
+        self._endpoint_state(conn, direction, flags)
+        if flags & TH_SYN:
+            self._syn(conn, half, pkt)
+            return
+        if half.next_seq is None:
+            half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
+        if flags & TH_ACK and peer.next_seq is not None:
+            self._peer_ack(peer, pkt)
+        if flags & TH_RST:
+            self._reset(conn, direction, pkt)
+            return
+        off = half.next_off + _seq_diff(pkt.seq, half.next_seq)
+        if size <= 1 and off == half.max_off - 1 and not flags & TH_FIN:
+            self._probe(half, pkt, direction)
+            return
+        if pkt.win == 0:
+            half.zero_windows += 1
+        if half.ended:
+            return  # nothing after a stream's end belongs to it
+        if size:
+            self._data(conn, direction, half, pkt, off, size)
+        if flags & TH_FIN:
+            self._fin(conn, direction, half, pkt, off + size)
+        self._expire_holes(conn, pkt)
+
+    def _history(self, conn: _Conn, direction: int, flags: int, size: int, pkt: Packet) -> None:
+        if flags & TH_SYN:
+            _record(conn, direction, "h" if flags & TH_ACK else "s")
+            if flags & (TH_FIN | TH_RST):
+                _record(conn, direction, "q")
+        if size:
+            _record(conn, direction, "d")
+        elif flags & TH_ACK and not flags & (TH_SYN | TH_FIN | TH_RST):
+            _record(conn, direction, "a")
+        if flags & TH_FIN:
+            _record(conn, direction, "f")
+        if flags & TH_RST:
+            _record(conn, direction, "r")
+        if pkt.win == 0 and not flags & (TH_SYN | TH_FIN | TH_RST):
+            _record(conn, direction, "w", repeatable=True)
+
+    @staticmethod
+    def _endpoint_state(conn: _Conn, direction: int, flags: int) -> None:
+        half = conn.half[direction]
+        peer = conn.half[1 - direction]
+        if flags & TH_RST:
+            half.state = RESET
+        elif half.state == RESET:
+            return
+        elif flags & TH_FIN:
+            half.state = CLOSED
+        elif flags & TH_SYN:
+            if half.state in (INACTIVE, SYN_SENT, SYN_ACK_SENT):
+                half.state = SYN_ACK_SENT if flags & TH_ACK else SYN_SENT
+        elif half.state == INACTIVE:
+            half.state = PARTIAL
+        elif half.state in (SYN_SENT, SYN_ACK_SENT) and flags & TH_ACK:
+            if peer.state != INACTIVE:
+                half.state = ESTABLISHED
+                if peer.state == SYN_ACK_SENT:
+                    peer.state = ESTABLISHED
+
+    def _syn(self, conn: _Conn, half: _Half, pkt: Packet) -> None:
+        if half.isn is None:
+            conn.syn_seen = conn.syn_seen or not pkt.flags & TH_ACK
+            half.isn = pkt.seq
+            half.next_seq = (pkt.seq + 1) % _MOD
+        elif half.isn == pkt.seq:
+            half.retransmits += 1
+
+    def _data(self, conn: _Conn, direction: int, half: _Half, pkt: Packet, off: int, size: int) -> None:
+        rel = off - half.next_off
+        end = off + size
+        if end > half.max_off:
+            half.max_off = end
+        if end <= half.next_off:
+            half.retransmits += 1
+            _record(conn, direction, "t", repeatable=True)
+            return
+        if rel > 0:
+            self._hold(conn, direction, half, off, pkt)
+            return
+        if rel < 0:
+            half.retransmits += 1
+            _record(conn, direction, "t", repeatable=True)
+        self._deliver(conn, direction, half, pkt.payload[-rel:] if rel else pkt.payload,
+                      pkt.missing, pkt.ts_ns, pkt.frame)
+        self._drain(conn, direction, half)
+
+    @staticmethod
+    def _probe(half: _Half, pkt: Packet, direction: int) -> None:
+        """Wireshark's keep-alive: 0 or 1 byte at next-1; carries no stream data."""
+        half.probe_count += 1
+        if len(half.probes) < MAX_PROBES_KEPT:
+            half.probes.append(Probe(direction, pkt.ts_ns, pkt.frame))
+
+    def _deliver(self, conn: _Conn, direction: int, half: _Half, data: bytes, missing: int,
+                 ts_ns: int, frame: int) -> None:
+        if data:
+            self.listener.on_data(conn.id, direction, data, ts_ns, frame)
+        if missing:
+            self._gap(conn, direction, half, missing, ts_ns, frame)
+        size = len(data) + missing
+        half.next_off += size
+        half.next_seq = (half.next_seq + size) % _MOD
+
+    def _hold(self, conn: _Conn, direction: int, half: _Half, off: int, pkt: Packet) -> None:
+        if off not in half.buffer:
+            half.buffer[off] = (pkt.payload, pkt.missing, pkt.ts_ns, pkt.frame)
+            half.buffered += len(pkt.payload)
+        if half.buffered > MAX_BUFFERED:
+            self._skip_hole(conn, direction, half, pkt.ts_ns, pkt.frame)
+
+    def _drain(self, conn: _Conn, direction: int, half: _Half) -> None:
+        """Deliver buffered segments that the stream has caught up with."""
+        while half.buffer:
+            nxt = min(half.buffer)
+            if nxt > half.next_off:
+                break
+            payload, missing, ts_ns, frame = half.buffer.pop(nxt)
+            half.buffered -= len(payload)
+            skip = half.next_off - nxt
+            if skip >= len(payload) + missing:
+                continue
+            if skip > len(payload):
+                missing -= skip - len(payload)
+            self._deliver(conn, direction, half, payload[skip:], missing, ts_ns, frame)
+        if half.hole_ack_off is not None and half.hole_ack_off <= half.next_off:
+            half.hole_ack_off = None
+        self._maybe_end(conn, direction, half)
+
+    def _gap(self, conn: _Conn, direction: int, half: _Half, size: int, ts_ns: int, frame: int) -> None:
+        half.gaps += 1
+        half.missed += size
+        _record(conn, direction, "g", repeatable=True)
+        self.listener.on_gap(conn.id, direction, size, ts_ns, frame)
+
+    def _skip_hole(self, conn: _Conn, direction: int, half: _Half, ts_ns: int, frame: int) -> None:
+        """Give up on the bytes in front of the stream: they are a gap."""
+        targets = [o for o in (half.hole_ack_off, half.fin_off) if o is not None]
+        if half.buffer:
+            targets.append(min(half.buffer))
+        upto = min(targets) if targets else half.next_off
+        if upto > half.next_off:
+            size = upto - half.next_off
+            self._gap(conn, direction, half, size, ts_ns, frame)
+            half.next_off = upto
+            half.next_seq = (half.next_seq + size) % _MOD
+        half.hole_ack_off = None
+        self._drain(conn, direction, half)
+
+    @staticmethod
+    def _peer_ack(half: _Half, pkt: Packet) -> None:
+        """The peer acknowledged ``pkt.ack`` of this half's stream."""
+        if half.ended:
+            return
+        rel = _seq_diff(pkt.ack, half.next_seq)
+        if rel <= 0:
+            return
+        ack_off = half.next_off + rel
+        if half.fin_off is not None and ack_off > half.fin_off:
+            ack_off = half.fin_off  # the FIN takes one sequence number but carries no byte
+        if ack_off <= half.next_off:
+            return
+        if half.hole_ack_off is None:
+            half.hole_since = pkt.ts_ns
+        half.hole_ack_off = max(half.hole_ack_off or 0, ack_off)
+
+    def _expire_holes(self, conn: _Conn, pkt: Packet) -> None:
+        for direction, half in enumerate(conn.half):
+            if half.hole_ack_off is not None and pkt.ts_ns - half.hole_since >= REORDER_WINDOW_NS:
+                self._skip_hole(conn, direction, half, pkt.ts_ns, pkt.frame)
+
+    def _fin(self, conn: _Conn, direction: int, half: _Half, pkt: Packet, fin_off: int) -> None:
+        if half.fin_off is None:
+            half.fin_off = fin_off
+            if fin_off > half.max_off:
+                half.max_off = fin_off
+            close = self._close_record(conn, direction, "fin", pkt)
+            conn.fins.append(close)
+            if conn.first_close is None:
+                conn.first_close = close
+        self._maybe_end(conn, direction, half)
+
+    def _maybe_end(self, conn: _Conn, direction: int, half: _Half) -> None:
+        """The stream ends at its FIN once every byte before the FIN is accounted for."""
+        if half.ended or half.fin_off is None or half.next_off < half.fin_off:
+            return
+        half.ended = True
+        fin = next(c for c in conn.fins if c.by == direction)
+        self.listener.on_end(conn.id, direction, "fin", fin.ts_ns, fin.frame)
+        if conn.half[1 - direction].ended and conn.closed_at is None:
+            self._linger(conn, fin.ts_ns)
+
+    def _reset(self, conn: _Conn, direction: int, pkt: Packet) -> None:
+        if conn.rst is not None:
+            return
+        close = self._close_record(conn, direction, "rst", pkt)
+        conn.rst = close
+        if conn.first_close is None:
+            conn.first_close = close
+        for d in (direction, 1 - direction):
+            self._end_stream(conn, d, "rst", pkt.ts_ns, pkt.frame)
+        if conn.closed_at is None:
+            self._linger(conn, pkt.ts_ns)
+
+    @staticmethod
+    def _close_record(conn: _Conn, direction: int, how: str, pkt: Packet) -> Close:
+        peer = conn.half[1 - direction]
+        if peer.fin_off is not None:
+            state = "half_closed"
+        elif conn.half[direction].state in (SYN_SENT, SYN_ACK_SENT) or peer.state in (SYN_SENT, SYN_ACK_SENT):
+            state = "handshake"
+        else:
+            state = "established"
+        return Close(direction, how, pkt.ts_ns, pkt.frame, state)
+
+    # -- connection life -------------------------------------------------------------------
+
+    def _linger(self, conn: _Conn, ts_ns: int) -> None:
+        conn.closed_at = ts_ns
+        self._lingering.append(conn)
+
+    def _sweep(self, now_ns: int) -> None:
+        self._next_sweep = now_ns + 1_000_000_000
+        while self._lingering and now_ns - self._lingering[0].closed_at >= LINGER_NS:
+            conn = self._lingering.popleft()
+            if self._by_tuple.get((conn.orig, conn.orig_port, conn.resp, conn.resp_port), (None,))[0] is conn:
+                self._finalize(conn, "eof", conn.last_ns, 0)
+
+    def _end_stream(self, conn: _Conn, direction: int, how: str, ts_ns: int, frame: int) -> None:
+        """End a direction now: whatever it still waits for is a gap."""
+        half = conn.half[direction]
+        while not half.ended and (
+            half.buffer or half.hole_ack_off is not None
+            or (half.fin_off is not None and half.next_off < half.fin_off)
+        ):
+            self._skip_hole(conn, direction, half, ts_ns, frame)
+        if not half.ended:
+            half.ended = True
+            self.listener.on_end(conn.id, direction, how, ts_ns, frame)
+
+    def _finalize(self, conn: _Conn, how: str, ts_ns: int, frame: int) -> None:
+        for direction in (ORIG, RESP):
+            self._end_stream(conn, direction, how, ts_ns, frame)
+        fwd = (conn.orig, conn.orig_port, conn.resp, conn.resp_port)
+        if self._by_tuple.get(fwd, (None,))[0] is conn:
+            del self._by_tuple[fwd]
+            del self._by_tuple[(conn.resp, conn.resp_port, conn.orig, conn.orig_port)]
+        self.listener.on_close(self._summary(conn))
+
+    @staticmethod
+    def _summary(conn: _Conn) -> Connection:
+        o, r = conn.half
+        history = "".join(conn.history)
+        orig_bytes, resp_bytes = o.max_off, r.max_off
+        return Connection(
+            id=conn.id, orig=conn.orig, orig_port=conn.orig_port, resp=conn.resp,
+            resp_port=conn.resp_port, start_ns=conn.start_ns, end_ns=conn.last_ns,
+            history=history,
+            conn_state=conn_state(o.state, r.state, history, orig_bytes, resp_bytes),
+            syn_seen=conn.syn_seen, orig_bytes=orig_bytes, resp_bytes=resp_bytes,
+            missed_bytes=o.missed + r.missed, orig_pkts=o.pkts, resp_pkts=r.pkts,
+            first_close=conn.first_close, fins=tuple(conn.fins), rst=conn.rst,
+            probes=tuple(sorted(o.probes + r.probes, key=lambda p: p.ts_ns)),
+            probe_counts=(o.probe_count, r.probe_count),
+            zero_windows=(o.zero_windows, r.zero_windows),
+            retransmits=(o.retransmits, r.retransmits),
+            gaps=(o.gaps, r.gaps), vni=conn.vni,
+        )
+

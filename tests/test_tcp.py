@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alb_pcap.model import ORIG, RESP, AnomalyLog
+from alb_pcap.tcp import TcpTracker, conn_state, SYN_SENT, INACTIVE
+
+from .factories import SEC, Conversation
+
+
+class Recorder:
+    """A StreamListener that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.streams: dict[tuple[int, int], bytearray] = {}
+        self.events: list[tuple] = []
+        self.closed = []
+
+    def on_data(self, cid, direction, data, ts_ns, frame):
+        self.streams.setdefault((cid, direction), bytearray()).extend(data)
+
+    def on_gap(self, cid, direction, size, ts_ns, frame):
+        self.events.append(("gap", cid, direction, size))
+        self.streams.setdefault((cid, direction), bytearray()).extend(b"?" * min(size, 1 << 16))
+
+    def on_end(self, cid, direction, how, ts_ns, frame):
+        self.events.append(("end", cid, direction, how))
+
+    def on_close(self, conn):
+        self.closed.append(conn)
+
+
+def run(packets) -> Recorder:
+    rec = Recorder()
+    tracker = TcpTracker(rec, AnomalyLog())
+    for p in packets:
+        tracker.feed(p)
+    tracker.finish()
+    return rec
+
+
+REQ = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+RESP_BYTES = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + b"x" * 3000
+
+
+def basic() -> Conversation:
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    c.ack(1)
+    c.send(1, RESP_BYTES)
+    c.ack(0)
+    return c.close_both()
+
+
+def test_clean_connection_is_sf_with_zeek_history():
+    rec = run(basic().packets)
+    (conn,) = rec.closed
+    assert conn.conn_state == "SF"
+    assert conn.history == "ShADadFf"
+    assert conn.orig_bytes == len(REQ) and conn.resp_bytes == len(RESP_BYTES)
+    assert bytes(rec.streams[(conn.id, ORIG)]) == REQ
+    assert bytes(rec.streams[(conn.id, RESP)]) == RESP_BYTES
+    assert conn.first_close.by == ORIG and conn.first_close.how == "fin"
+    assert ("end", conn.id, ORIG, "fin") in rec.events
+
+
+def test_reordered_and_duplicated_segments_give_the_same_stream():
+    c = basic()
+    pkts = list(c.packets)
+    data = [i for i, p in enumerate(pkts) if p.payload and p.sport == 80]
+    a, b = data[0], data[1]
+    pkts[a], pkts[b] = pkts[b], pkts[a]
+    pkts.insert(b + 1, pkts[b])  # a retransmission
+    rec = run(pkts)
+    (conn,) = rec.closed
+    assert bytes(rec.streams[(conn.id, RESP)]) == RESP_BYTES
+    assert conn.retransmits[RESP] >= 1
+    assert not [e for e in rec.events if e[0] == "gap"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, 3))
+def test_shuffled_data_within_the_window_reassembles(rnd, dups):
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    data_pkts = c.send(1, RESP_BYTES * 3, mss=500, dt=0.0001)
+    c.ack(0)
+    c.close_both()
+    pkts = list(c.packets)
+    first = pkts.index(data_pkts[0])
+    block = pkts[first:first + len(data_pkts)]
+    block += [rnd.choice(block) for _ in range(dups)]
+    rnd.shuffle(block)
+    pkts[first:first + len(data_pkts)] = block
+    rec = run(pkts)
+    (conn,) = rec.closed
+    assert bytes(rec.streams[(conn.id, RESP)]) == RESP_BYTES * 3
+
+
+def test_lost_segment_becomes_a_gap_and_the_stream_resumes():
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    segs = c.send(1, b"a" * 1000 + b"b" * 1000 + b"c" * 1000, mss=1000)
+    c.ack(0, dt=0.02)
+    c.close_both()
+    pkts = [p for p in c.packets if p is not segs[1]]
+    rec = run(pkts)
+    (conn,) = rec.closed
+    assert ("gap", conn.id, RESP, 1000) in rec.events
+    assert bytes(rec.streams[(conn.id, RESP)]) == b"a" * 1000 + b"?" * 1000 + b"c" * 1000
+    assert conn.missed_bytes == 1000
+    assert "g" in conn.history
+
+
+def test_lost_tail_acked_by_the_peer_is_a_gap():
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    segs = c.send(1, b"a" * 2000, mss=1000)
+    c.ack(0, dt=0.02)
+    pkts = [p for p in c.packets if p is not segs[1]]
+    rec = run(pkts)
+    (conn,) = rec.closed
+    assert ("gap", conn.id, RESP, 1000) in rec.events
+    assert conn.conn_state == "S1"
+
+
+def test_truncated_segments_keep_their_bytes_and_gap_the_rest():
+    c = Conversation().handshake()
+    c._emit(0, 0x18, REQ[:10], missing=len(REQ) - 10)
+    c.close_both()
+    rec = run(c.packets)
+    (conn,) = rec.closed
+    assert bytes(rec.streams[(conn.id, ORIG)]) == REQ[:10] + b"?" * (len(REQ) - 10)
+    assert conn.missed_bytes == len(REQ) - 10
+
+
+def test_keepalive_probes_are_counted_not_data():
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    c.send(1, RESP_BYTES[:100])
+    for _ in range(3):
+        c.probe(0, dt=10)
+        c.ack(1)
+    c.fin(1, dt=30)
+    c.fin(0)
+    rec = run(c.packets)
+    (conn,) = rec.closed
+    assert conn.probe_counts == (3, 0)
+    assert [p.ts_ns for p in conn.probes][1] - conn.probes[0].ts_ns > 9 * SEC
+    assert bytes(rec.streams[(conn.id, ORIG)]) == REQ
+    assert conn.first_close.by == RESP
+    assert conn.conn_state == "SF"
+
+
+def test_new_syn_on_the_same_tuple_starts_a_new_connection():
+    first = basic()
+    second = Conversation(cisn=999_999, sisn=777_777, t=first.t + SEC).handshake()
+    second.send(0, REQ)
+    second.close_both()
+    rec = run(first.packets + second.packets)
+    assert len(rec.closed) == 2
+    assert {c.conn_state for c in rec.closed} == {"SF"}
+    assert bytes(rec.streams[(2, ORIG)]) == REQ
+
+
+def test_reset_by_responder_during_request():
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    c.rst(1)
+    rec = run(c.packets)
+    (conn,) = rec.closed
+    assert conn.conn_state == "RSTR"
+    assert conn.rst.by == RESP and conn.first_close.how == "rst"
+    assert ("end", conn.id, ORIG, "rst") in rec.events
+
+
+def test_rejected_connection():
+    c = Conversation()
+    c._emit(0, 0x02)
+    c.rst(1)
+    (conn,) = run(c.packets).closed
+    assert conn.conn_state == "REJ"
+
+
+def test_syn_only_is_s0_and_half_close_is_s3():
+    c = Conversation()
+    c._emit(0, 0x02)
+    assert run(c.packets).closed[0].conn_state == "S0"
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    c.fin(1)
+    (conn,) = run(c.packets).closed
+    assert conn.conn_state == "S3"
+    assert conn.first_close.by == RESP
+
+
+def test_mid_stream_pickup_guesses_the_server_by_port():
+    c = Conversation().handshake()
+    c.send(0, REQ)
+    c.send(1, RESP_BYTES)
+    c.ack(0)
+    rec = run(c.packets[4:])  # from the server's first data segment on
+    (conn,) = rec.closed
+    assert conn.orig_port == 40000 and conn.resp_port == 80
+    assert conn.history.startswith("^")
+    assert conn.conn_state == "OTH"
+    assert not conn.syn_seen
+
+
+def test_zeek_conn_state_table():
+    assert conn_state(SYN_SENT, INACTIVE, "S", 0, 0) == "S0"
+
+
+def test_many_connections_release_memory_when_closed():
+    rec = Recorder()
+    tracker = TcpTracker(rec, AnomalyLog())
+    t = 1_700_000_000 * SEC
+    for i in range(200):
+        c = Conversation(cport=20000 + i, t=t + i * SEC)
+        c.handshake()
+        c.send(0, REQ)
+        c.close_both()
+        for p in c.packets:
+            tracker.feed(p)
+    assert tracker.open_connections < 20
+    tracker.finish()
+    assert len(rec.closed) == 200
+
+
+def test_random_packet_soup_never_raises():
+    rnd = random.Random(7)
+    pkts = basic().packets
+    soup = [rnd.choice(pkts)._replace(seq=rnd.getrandbits(32), flags=rnd.getrandbits(6))
+            for _ in range(500)]
+    run(soup)
