@@ -64,6 +64,7 @@ def _seq_diff(a: int, b: int) -> int:
 class StreamListener(Protocol):
     """What the TCP stage tells the next stage. Directions are ORIG/RESP."""
 
+    def on_open(self, conn_id: int, flow: str, ts_ns: int) -> None: ...
     def on_data(self, conn_id: int, direction: int, data: bytes, ts_ns: int, frame: int) -> None: ...
     def on_gap(self, conn_id: int, direction: int, size: int, ts_ns: int, frame: int) -> None: ...
     def on_end(self, conn_id: int, direction: int, how: str, ts_ns: int, frame: int) -> None: ...
@@ -241,6 +242,7 @@ class TcpTracker:
         rev = (conn.resp, conn.resp_port, conn.orig, conn.orig_port)
         self._by_tuple[fwd] = (conn, ORIG)
         self._by_tuple[rev] = (conn, RESP)
+        self.listener.on_open(conn.id, conn.flow, pkt.ts_ns)
         return conn, RESP if conn.flipped else ORIG
 
     @staticmethod

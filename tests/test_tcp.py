@@ -19,6 +19,9 @@ class Recorder:
         self.events: list[tuple] = []
         self.closed = []
 
+    def on_open(self, cid, flow, ts_ns):
+        self.events.append(("open", cid, flow))
+
     def on_data(self, cid, direction, data, ts_ns, frame):
         self.streams.setdefault((cid, direction), bytearray()).extend(data)
 

@@ -1,0 +1,121 @@
+"""Wires the stages: capture -> tcp -> http -> (later) correlate -> detect.
+
+No I/O of its own beyond what ``capture.open_capture`` does. Records leave the
+pipeline through a ``Sink`` as soon as they are final (a connection when it
+closes, an exchange when it ends), so memory follows the open connections and
+outstanding messages, not the capture's length.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol
+
+from .capture import open_capture
+from .http import HttpConnection
+from .model import AnomalyLog, CaptureStats, Connection, Exchange, Packet
+from .tcp import TcpTracker
+
+
+class Sink(Protocol):
+    def connection(self, conn: Connection) -> None: ...
+    def exchange(self, exchange: Exchange, flow: str) -> None: ...
+
+
+@dataclass
+class Summary:
+    """What the terminal summary needs: counts only, whatever the capture's size."""
+
+    captures: list[CaptureStats] = field(default_factory=list)
+    anomalies: AnomalyLog = field(default_factory=AnomalyLog)
+    connections: int = 0
+    conn_states: Counter[str] = field(default_factory=Counter)
+    exchanges: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)  # "200", "502", "none"
+    endings: Counter[str] = field(default_factory=Counter)  # how exchanges ended
+    keepalive_probes: int = 0
+    peak_open_connections: int = 0
+
+
+class _HttpStage:
+    """The TCP stage's listener: one HTTP/1.x parser per connection."""
+
+    def __init__(self, sinks: list[Sink], summary: Summary) -> None:
+        self.sinks = sinks
+        self.summary = summary
+        self.http: dict[int, HttpConnection] = {}
+        self.flows: dict[int, str] = {}
+
+    def on_open(self, conn_id: int, flow: str, ts_ns: int) -> None:
+        self.http[conn_id] = HttpConnection(conn_id, self.summary.anomalies, flow)
+        self.flows[conn_id] = flow
+
+    def on_data(self, conn_id: int, direction: int, data: bytes, ts_ns: int, frame: int) -> None:
+        http = self.http[conn_id]
+        http.data(direction, data, ts_ns, frame)
+        self._emit(conn_id, http)
+
+    def on_gap(self, conn_id: int, direction: int, size: int, ts_ns: int, frame: int) -> None:
+        http = self.http[conn_id]
+        http.gap(direction, size, ts_ns, frame)
+        self._emit(conn_id, http)
+
+    def on_end(self, conn_id: int, direction: int, how: str, ts_ns: int, frame: int) -> None:
+        http = self.http[conn_id]
+        http.end(direction, how, ts_ns, frame)
+        self._emit(conn_id, http)
+
+    def on_close(self, conn: Connection) -> None:
+        self._emit(conn.id, self.http.pop(conn.id))
+        del self.flows[conn.id]
+        s = self.summary
+        s.connections += 1
+        s.conn_states[conn.conn_state] += 1
+        s.keepalive_probes += sum(conn.probe_counts)
+        for sink in self.sinks:
+            sink.connection(conn)
+
+    def _emit(self, conn_id: int, http: HttpConnection) -> None:
+        for exchange in http.exchanges():
+            s = self.summary
+            s.exchanges += 1
+            s.statuses["none" if exchange.status is None else str(exchange.status)] += 1
+            s.endings[exchange.ended] += 1
+            for sink in self.sinks:
+                sink.exchange(exchange, self.flows[conn_id])
+
+
+def _merged(streams: list[Iterator[Packet]]) -> Iterable[Packet]:
+    """Several captures of one incident (front and back, say) read as one timeline."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda p: p.ts_ns)
+
+
+def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
+            progress: Callable[[int], None] | None = None) -> Summary:
+    """Run every stage over the captures; raises CaptureError for unusable input."""
+    summary = Summary()
+    captures = [open_capture(p, summary.anomalies) for p in paths]
+    try:
+        summary.captures = [c.stats for c in captures]
+        stage = _HttpStage(list(sinks), summary)
+        tracker = TcpTracker(stage, summary.anomalies)
+        count = 0
+        for pkt in _merged([c.packets() for c in captures]):
+            tracker.feed(pkt)
+            count += 1
+            if not count & 0xFFFF:
+                summary.peak_open_connections = max(summary.peak_open_connections,
+                                                    tracker.open_connections)
+                if progress:
+                    progress(count)
+        summary.peak_open_connections = max(summary.peak_open_connections, tracker.open_connections)
+        tracker.finish()
+    finally:
+        for c in captures:
+            c.close()
+    return summary
