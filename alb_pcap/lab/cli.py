@@ -2,12 +2,73 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from .netns import LabError, check_requirements
+from .proxies import PROXIES
+from .scenarios import SCENARIOS, Scenario, find
 
 
 @click.command()
 @click.argument("scenario", required=False)
+@click.option("--proxy", "proxy_names", type=click.Choice(PROXIES), multiple=True,
+              help="Proxy to run (repeatable); default: every proxy the scenario supports.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("lab-out"),
+              show_default=True, help="Directory for the .pcap and .expected.json files.")
+@click.option("--keep-logs", is_flag=True, help="Also keep the raw proxy, target and client logs.")
 @click.option("--list", "list_", is_flag=True, help="List the scenarios and exit.")
-def lab(scenario: str | None, list_: bool) -> None:
-    """Reproduce a proxy timeout mismatch in network namespaces and capture it."""
-    raise click.ClickException("the capture lab is not built yet")
+def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, keep_logs: bool, list_: bool) -> None:
+    """Reproduce a proxy timeout mismatch in network namespaces and capture it.
+
+    Runs HAProxy or nginx between a client and a target in namespaces (addresses in
+    198.18.0.0/15 only), mirrors the proxy's interfaces into VXLAN like AWS Traffic Mirroring,
+    and writes SCENARIO-PROXY.pcap with SCENARIO-PROXY.expected.json (ground truth from the
+    proxy's own log). SCENARIO is a name or number from --list, or `all`. Needs root.
+
+    Example:
+
+    \b
+        sudo alb-pcap lab keepalive-race --proxy nginx --out /tmp/lab
+        sudo alb-pcap lab all --out sample_captures
+    """
+    if list_:
+        _list()
+        return
+    if scenario is None:
+        raise click.UsageError("give a SCENARIO (see --list) or `all`")
+    chosen = SCENARIOS if scenario == "all" else [_find(scenario)]
+    try:
+        check_requirements()
+        for sc in chosen:
+            for proxy in proxy_names or PROXIES:
+                _run(sc, proxy, out, keep_logs, explicit=bool(proxy_names) and scenario != "all")
+    except LabError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _find(name: str) -> Scenario:
+    try:
+        return find(name)
+    except KeyError:
+        raise click.BadParameter(f"no scenario {name!r}; see --list", param_hint="SCENARIO") from None
+
+
+def _list() -> None:
+    for sc in SCENARIOS:
+        skipped = "".join(f"  [no {p}: {why}]" for p, why in sc.unsupported.items())
+        click.echo(f"{sc.number:2d} {sc.name:26s} {sc.description}{skipped}")
+
+
+def _run(sc: Scenario, proxy: str, out: Path, keep_logs: bool, explicit: bool) -> None:
+    from .runner import run_scenario  # keeps `alb-pcap --help` free of the lab's imports
+
+    if proxy in sc.unsupported and not explicit:
+        click.echo(f"{sc.name}-{proxy}: skipped, {sc.unsupported[proxy]}", err=True)
+        return
+    result = run_scenario(sc, proxy, out, keep_logs)
+    kinds = ", ".join(f["kind"] + (f":{f['status']}" if f["status"] else "") for f in result.expected["findings"])
+    click.echo(f"{result.capture}  findings: {kinds or 'none'}")
+    if result.missing:
+        click.echo(f"  warning: the run did not produce {', '.join(result.missing)}", err=True)

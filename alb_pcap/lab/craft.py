@@ -1,0 +1,909 @@
+"""Crafted captures that replay the seed article's ALB examples, packet by packet.
+
+The seed article (``shared/seeds/alb-connection-handling-blog.txt``) shows an
+ALB's connection handling with timings read off real captures. The lab's
+proxies are HAProxy and nginx configured like an ALB; these captures are what
+the ALB itself would put on the wire, written with scapy from a fixed seed and
+fixed epochs, so they are byte-for-byte reproducible.
+
+What the captures look like
+  * Capture point: both ENIs of one ALB node mirrored, so every transaction has
+    its two connections in one file, in time order: client <-> ALB front
+    (198.18.1.10:80) and ALB back (198.18.2.10) <-> target (198.18.3.11:80).
+    Packets the ALB sends are stamped when they leave it, packets it receives
+    when they arrive, so a far end's reaction shows up one round trip later.
+  * TCP as the stacks send it: handshakes with MSS/WScale/SACK options, ACKs
+    (every second full segment and the last), 1460-byte segments, FIN/ACK
+    closes, RSTs, keep-alive probes (Windows: 1 byte at next seq - 1).
+  * HTTP/1.1 as the ALB rewrites it: on the target side X-Forwarded-For/-Proto/
+    -Port, Host (unchanged: the ALB keeps it on listener port 80) and
+    X-Amzn-Trace-Id ``Root=1-<8 hex epoch>-<24 hex>``, hop-by-hop headers
+    dropped; towards the client Date, Content-Type, Content-Length and
+    Connection first (the order in the article's curl output); the ALB's own
+    502/504 with ``Server: awselb/2.0`` and the real ALB HTML bodies (122 and
+    132 bytes).
+
+Ground truth (``<name>.expected.json``) comes from the scenario design, not
+from alb-pcap. A finding's ``ts`` is the closing FIN/RST for closes and races
+(the FIN/RST that caused them), when the ALB gave up (its FIN to the target)
+for ``gateway_timeout``, and the client's FIN for ``client_abort``. ``status``
+is what the client received, so a 460 (which only the ALB's log shows) has
+``status`` null. ``evidence_frames`` are 1-based frame numbers; in the
+mirror-artefact variants they name the first copy of each frame.
+
+Mirror artefacts (``vxlan_encapsulate``, ``duplicate_both_ends``,
+``drop_frames``, ``truncate_frames``) take any list of frames, so the lab can
+apply them to other captures too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from email.utils import formatdate
+from functools import partial
+from pathlib import Path
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+MS = 1_000  # timestamps are integer microseconds since the epoch
+SECOND = 1_000_000
+
+MSS = 1460
+SEGMENT_GAP_US = 12  # one full-size frame at 1 Gbit/s
+TURNAROUND_US = 30  # a kernel answering at the capture point (ACK, FIN-ACK)
+ALB_PROCESSING_US = 200  # request in -> request out; the access log's 0.000
+TARGET_RTT_US = 250  # ALB <-> target in one VPC
+EC2_CLIENT_RTT_US = 2_800  # the article's clients were EC2 hosts in the region
+BROWSER_RTT_US = 18_000  # a browser at home
+
+OPENER, ACCEPTOR = 0, 1
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What an operating system's TCP puts in the headers we can see."""
+
+    ttl: int
+    syn_window: int
+    window: int  # scaled window field after the handshake
+    wscale: int
+    ephemeral: range
+    keepalive_probe: bytes  # Windows sends one garbage byte, Linux none
+
+
+LINUX = Stack(ttl=64, syn_window=64240, window=502, wscale=7,
+              ephemeral=range(32768, 61000), keepalive_probe=b"")
+WINDOWS = Stack(ttl=128, syn_window=64240, window=1026, wscale=8,
+                ephemeral=range(49152, 65536), keepalive_probe=b"\x00")
+# An ALB node picks back-end source ports from a wide range (the article shows
+# 12524, 22210, 36726).
+ALB_STACK = replace(LINUX, ephemeral=range(1024, 65536))
+
+
+@dataclass(frozen=True)
+class Host:
+    ip: str
+    mac: str
+    stack: Stack
+
+
+CLIENT = Host("198.18.0.10", "02:00:c6:12:00:0a", LINUX)
+SECOND_CLIENT = Host("198.18.0.11", "02:00:c6:12:00:0b", LINUX)
+BROWSER = Host("198.18.0.20", "02:00:c6:12:00:14", WINDOWS)
+ALB_FRONT = Host("198.18.1.10", "02:00:c6:12:01:0a", ALB_STACK)
+ALB_BACK = Host("198.18.2.10", "02:00:c6:12:02:0a", ALB_STACK)
+TARGET = Host("198.18.3.11", "02:00:c6:12:03:0b", LINUX)
+LISTENER_PORT = 80
+TARGET_PORT = 80
+ALB_ADDRESSES = {ALB_FRONT.ip, ALB_BACK.ip}
+
+
+# --- frames and the capture ------------------------------------------------
+
+
+@dataclass(eq=False)
+class Frame:
+    """One captured frame. Identity matters: findings point at frames."""
+
+    ts_us: int
+    data: bytes
+    wire_len: int
+    origin: Frame | None = None  # the plain-capture frame this one reproduces
+    mirrored_at: str = "alb"  # whose ENI's mirror session sent the copy: "alb" or "peer"
+
+    @property
+    def source(self) -> Frame:
+        return self.origin or self
+
+
+class Capture:
+    """What the mirrored ENIs saw: frames of every connection, sorted at the end."""
+
+    def __init__(self) -> None:
+        self._frames: list[Frame] = []
+
+    def add(self, ts_us: int, data: bytes) -> Frame:
+        frame = Frame(ts_us, data, len(data))
+        self._frames.append(frame)
+        return frame
+
+    def frames(self) -> list[Frame]:
+        # Stable: frames stamped the same microsecond keep the order they were sent in.
+        return sorted(self._frames, key=lambda f: f.ts_us)
+
+
+@dataclass(frozen=True)
+class Sent:
+    first: Frame
+    last: Frame
+
+
+class TcpConversation:
+    """One TCP connection as the capture point sees it; keeps seq/ack for both ends.
+
+    ``near`` is the end at the capture point (the ALB): its reactions follow what
+    it saw within microseconds, the far end's a round trip later.
+    """
+
+    def __init__(self, capture: Capture, rng: random.Random, opener: Host, acceptor: Host,
+                 acceptor_port: int, *, near: int, rtt_us: int) -> None:
+        self.capture = capture
+        self.hosts = (opener, acceptor)
+        self.ports = (rng.choice(opener.stack.ephemeral), acceptor_port)
+        self.near = near
+        self.rtt_us = rtt_us
+        self.nxt = [rng.getrandbits(32), rng.getrandbits(32)]  # initial sequence numbers
+        self.ip_id = [rng.getrandbits(16), rng.getrandbits(16)]
+
+    @property
+    def flow(self) -> str:
+        """Opener first, the notation of the findings JSON."""
+        return (f"{self.hosts[OPENER].ip}:{self.ports[OPENER]}->"
+                f"{self.hosts[ACCEPTOR].ip}:{self.ports[ACCEPTOR]}")
+
+    def after(self, side: int, ts_us: int) -> int:
+        """When the capture sees ``side`` react to a frame the capture saw at ``ts_us``."""
+        return ts_us + (TURNAROUND_US if side == self.near else self.rtt_us)
+
+    def _emit(self, side: int, ts_us: int, flags: str, payload: bytes = b"", *,
+              seq: int | None = None, ack: int | None = None, options: list | None = None) -> Frame:
+        src, dst = self.hosts[side], self.hosts[1 - side]
+        stack = src.stack
+        tcp = TCP(sport=self.ports[side], dport=self.ports[1 - side],
+                  seq=(self.nxt[side] if seq is None else seq) % 2**32,
+                  ack=(self.nxt[1 - side] if ack is None else ack) % 2**32 if "A" in flags else 0,
+                  flags=flags, window=stack.syn_window if "S" in flags else stack.window,
+                  options=options or [])
+        packet = (Ether(src=src.mac, dst=dst.mac)
+                  / IP(src=src.ip, dst=dst.ip, ttl=stack.ttl, id=self.ip_id[side], flags="DF")
+                  / tcp)
+        if payload:
+            packet = packet / Raw(payload)
+        self.ip_id[side] = (self.ip_id[side] + 1) % 2**16
+        return self.capture.add(ts_us, bytes(packet))
+
+    def _advance(self, side: int, by: int) -> None:
+        self.nxt[side] = (self.nxt[side] + by) % 2**32
+
+    def handshake(self, ts_us: int) -> int:
+        """SYN, SYN-ACK, ACK from ``ts_us``; returns when the last ACK is seen."""
+        for side, flags, at in ((OPENER, "S", ts_us),
+                                (ACCEPTOR, "SA", self.after(ACCEPTOR, ts_us)),
+                                (OPENER, "A", None)):
+            ts_us = at if at is not None else self.after(OPENER, ts_us)
+            stack = self.hosts[side].stack
+            options = [("MSS", MSS), ("NOP", None), ("WScale", stack.wscale),
+                       ("NOP", None), ("NOP", None), ("SAckOK", b"")] if "S" in flags else None
+            self._emit(side, ts_us, flags, options=options)
+            if "S" in flags:
+                self._advance(side, 1)
+        return ts_us
+
+    def send(self, side: int, ts_us: int, data: bytes, *, acked: bool = True) -> Sent:
+        """``data`` in MSS-sized segments, PSH on the last.
+
+        The receiver ACKs every second full segment, and the last one unless
+        ``acked`` is false (its own data will carry the ACK).
+        """
+        chunks = [data[i:i + MSS] for i in range(0, len(data), MSS)]
+        frames = []
+        for i, chunk in enumerate(chunks):
+            at = ts_us + i * SEGMENT_GAP_US
+            last = i == len(chunks) - 1
+            frames.append(self._emit(side, at, "PA" if last else "A", chunk))
+            self._advance(side, len(chunk))
+            if (last and acked) or (not last and i % 2 == 1):
+                self.ack(1 - side, self.after(1 - side, at))
+        return Sent(frames[0], frames[-1])
+
+    def ack(self, side: int, ts_us: int) -> Frame:
+        return self._emit(side, ts_us, "A")
+
+    def fin(self, side: int, ts_us: int, *, ack: int | None = None) -> Frame:
+        """FIN-ACK; ``ack`` overrides what it acknowledges when it crosses peer data."""
+        frame = self._emit(side, ts_us, "FA", ack=ack)
+        self._advance(side, 1)
+        return frame
+
+    def rst(self, side: int, ts_us: int, *, seq: int | None = None) -> Frame:
+        """A bare RST: a stack resetting a segment that carried an ACK takes the seq from it."""
+        return self._emit(side, ts_us, "R", seq=seq)
+
+    def close(self, side: int, ts_us: int) -> tuple[Frame, Frame, Frame]:
+        """``side`` closes; the peer's application closes straight back (FIN-ACK); last ACK."""
+        fin = self.fin(side, ts_us)
+        peer_fin = self.fin(1 - side, self.after(1 - side, ts_us))
+        return fin, peer_fin, self.ack(side, self.after(side, peer_fin.ts_us))
+
+    def keepalive_probe(self, side: int, ts_us: int) -> tuple[Frame, Frame]:
+        """A TCP keep-alive at next seq - 1 and the peer's ACK; no stream data moves."""
+        probe = self._emit(side, ts_us, "A", self.hosts[side].stack.keepalive_probe,
+                           seq=self.nxt[side] - 1)
+        return probe, self.ack(1 - side, self.after(1 - side, ts_us))
+
+
+# --- HTTP as clients, targets and the ALB write it --------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    start_line: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def without(self, *names: str) -> tuple[tuple[str, str], ...]:
+        drop = {n.lower() for n in names}
+        return tuple((k, v) for k, v in self.headers if k.lower() not in drop)
+
+    def raw(self) -> bytes:
+        head = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
+        return f"{self.start_line}\r\n{head}\r\n".encode() + self.body
+
+
+CLIENT_AGENTS = {
+    "curl": (("User-Agent", "curl/8.11.1"), ("Accept", "*/*")),
+    "python-requests": (("User-Agent", "python-requests/2.25.1"),
+                        ("Accept-Encoding", "gzip, deflate"), ("Accept", "*/*"),
+                        ("Connection", "keep-alive")),
+    "firefox": (("User-Agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) "
+                               "Gecko/20100101 Firefox/133.0"),
+                ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                ("Accept-Language", "en-US,en;q=0.5"), ("Accept-Encoding", "gzip, deflate"),
+                ("Connection", "keep-alive"), ("Upgrade-Insecure-Requests", "1"),
+                ("Priority", "u=0, i")),
+    "chrome": (("Connection", "keep-alive"), ("Upgrade-Insecure-Requests", "1"),
+               ("User-Agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                              "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+               ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,"
+                          "image/avif,image/webp,*/*;q=0.8"),
+               ("Accept-Encoding", "gzip, deflate"), ("Accept-Language", "en-US,en;q=0.9")),
+}
+
+
+def client_request(agent: str, path: str) -> Message:
+    """A GET as the named client sends it to the ALB (python-requests' is 151 bytes, as logged)."""
+    return Message(f"GET {path} HTTP/1.1", (("Host", ALB_FRONT.ip),) + CLIENT_AGENTS[agent])
+
+
+def http_date(ts_us: int) -> str:
+    return formatdate(ts_us // SECOND, usegmt=True)
+
+
+def html_page(title: str, size: int) -> bytes:
+    """A deterministic page of about ``size`` bytes."""
+    head = f"<!DOCTYPE html>\n<html>\n<head><title>{title}</title></head>\n<body>\n"
+    tail = "</body>\n</html>\n"
+    line = "<p>The quick brown fox jumps over the lazy dog.</p>\n"
+    lines = max(0, (size - len(head) - len(tail)) // len(line))
+    return (head + line * lines + tail).encode()
+
+
+def json_items(count: int) -> bytes:
+    items = ",".join(f'{{"id":{i},"name":"item-{i:04d}","price":{(i * 37) % 1000 / 10:.2f}}}'
+                     for i in range(count))
+    return f'{{"items":[{items}]}}'.encode()
+
+
+def apache_response(ts_us: int, body: bytes, keepalive_s: int) -> Message:
+    """Apache 2.4 announces its KeepAliveTimeout in the Keep-Alive header."""
+    return Message("HTTP/1.1 200 OK", (
+        ("Date", http_date(ts_us)), ("Server", "Apache/2.4.58 (Ubuntu)"),
+        ("Last-Modified", "Thu, 11 Dec 2025 12:35:16 GMT"), ("ETag", f'"{len(body):x}-645ac60879b52"'),
+        ("Accept-Ranges", "bytes"), ("Content-Length", str(len(body))),
+        ("Keep-Alive", f"timeout={keepalive_s}, max=100"), ("Connection", "Keep-Alive"),
+        ("Content-Type", "text/html")), body)
+
+
+def nginx_response(ts_us: int, body: bytes) -> Message:
+    return Message("HTTP/1.1 200 OK", (
+        ("Server", "nginx/1.22.1"), ("Date", http_date(ts_us)), ("Content-Type", "text/html"),
+        ("Content-Length", str(len(body))), ("Last-Modified", "Thu, 11 Dec 2025 12:35:16 GMT"),
+        ("Connection", "keep-alive"), ("ETag", f'"693abc44-{len(body):x}"'),
+        ("Accept-Ranges", "bytes")), body)
+
+
+def express_response(ts_us: int, body: bytes) -> Message:
+    """Node.js announces its 5 s keepAliveTimeout default."""
+    return Message("HTTP/1.1 200 OK", (
+        ("X-Powered-By", "Express"), ("Content-Type", "application/json; charset=utf-8"),
+        ("Content-Length", str(len(body))), ("ETag", f'W/"{len(body):x}-Qm9keUhhc2g"'),
+        ("Date", http_date(ts_us)), ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5")), body)
+
+
+ALB_ERRORS = {502: "Bad Gateway", 504: "Gateway Time-out"}
+
+
+def alb_error(status: int, ts_us: int) -> Message:
+    """The response the ALB makes up itself, byte for byte like the real one."""
+    text = f"{status} {ALB_ERRORS[status]}"
+    body = (f"<html>\r\n<head><title>{text}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{text}</h1></center>\r\n</body>\r\n</html>\r\n").encode()
+    return Message(f"HTTP/1.1 {text}", (
+        ("Server", "awselb/2.0"), ("Date", http_date(ts_us)), ("Content-Type", "text/html"),
+        ("Content-Length", str(len(body))), ("Connection", "keep-alive")), body)
+
+
+def alb_client_response(target_response: Message, *, close: bool) -> Message:
+    """The target's response as the ALB relays it: framing headers first, hop-by-hop replaced."""
+    first = ("Date", "Content-Type", "Content-Length")
+    headers = tuple((name, target_response.header(name)) for name in first
+                    if target_response.header(name) is not None)
+    headers += (("Connection", "close" if close else "keep-alive"),)
+    headers += target_response.without(*first, "Connection", "Keep-Alive")
+    return Message(target_response.start_line, headers, target_response.body)
+
+
+# --- the ALB node -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One proxied request: the client's and the target's halves."""
+
+    client_request: Sent
+    target_request: Sent
+    target_response: Sent
+    client_response: Sent
+
+
+class Alb:
+    """An ALB node with both ENIs mirrored into one capture."""
+
+    def __init__(self, scenario: str) -> None:
+        self.capture = Capture()
+        self.rng = random.Random(f"alb-pcap craft {scenario}")
+
+    def trace_id(self, ts_us: int) -> str:
+        return f"Root=1-{ts_us // SECOND:08x}-{self.rng.getrandbits(96):024x}"
+
+    def accept(self, client: Host, ts_us: int, rtt_us: int) -> tuple[TcpConversation, int]:
+        """A client connects to the listener; returns the connection and when it is up."""
+        front = TcpConversation(self.capture, self.rng, client, ALB_FRONT, LISTENER_PORT,
+                                near=ACCEPTOR, rtt_us=rtt_us)
+        return front, front.handshake(ts_us)
+
+    def connect(self, ts_us: int) -> tuple[TcpConversation, int]:
+        back = TcpConversation(self.capture, self.rng, ALB_BACK, TARGET, TARGET_PORT,
+                               near=OPENER, rtt_us=TARGET_RTT_US)
+        return back, back.handshake(ts_us)
+
+    def target_request(self, request: Message, client: Host, ts_us: int,
+                       trace_id: str | None = None) -> Message:
+        """The request as the target gets it: X-Forwarded-*, the trace id, no hop-by-hop headers."""
+        headers = (("X-Forwarded-For", client.ip), ("X-Forwarded-Proto", "http"),
+                   ("X-Forwarded-Port", str(LISTENER_PORT)), ("Host", request.header("Host")),
+                   ("X-Amzn-Trace-Id", trace_id or self.trace_id(ts_us)))
+        return Message(request.start_line,
+                       headers + request.without("Host", "Connection", "Keep-Alive"), request.body)
+
+    def forward(self, front: TcpConversation, back: TcpConversation, ts_us: int,
+                request: Message, trace_id: str | None = None) -> tuple[Sent, Sent]:
+        """The client's request arrives at ``ts_us``; the ALB relays it on ``back``."""
+        client_sent = front.send(OPENER, ts_us, request.raw())
+        at = client_sent.last.ts_us + ALB_PROCESSING_US
+        relayed = self.target_request(request, front.hosts[OPENER], at, trace_id)
+        return client_sent, back.send(OPENER, at, relayed.raw())
+
+    def exchange(self, front: TcpConversation, back: TcpConversation, ts_us: int,
+                 request: Message, respond: Callable[[int], Message], server_time_us: int,
+                 *, close_client: bool = False) -> Exchange:
+        """A request that the target answers after ``server_time_us``, relayed back to the client."""
+        client_sent, target_sent = self.forward(front, back, ts_us, request)
+        at = back.after(ACCEPTOR, target_sent.last.ts_us) + server_time_us
+        target_response = respond(at)
+        answered = back.send(ACCEPTOR, at, target_response.raw())
+        relayed = alb_client_response(target_response, close=close_client)
+        delivered = front.send(ACCEPTOR, answered.last.ts_us + ALB_PROCESSING_US, relayed.raw())
+        return Exchange(client_sent, target_sent, answered, delivered)
+
+    def answer(self, front: TcpConversation, status: int, ts_us: int) -> Sent:
+        return front.send(ACCEPTOR, ts_us, alb_error(status, ts_us).raw())
+
+
+# --- scenarios --------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Finding:
+    kind: str
+    at: Frame  # the frame whose time is the finding's ts
+    side: str
+    client_flow: str | None
+    target_flow: str | None
+    status: int | None
+    evidence: list[Frame]
+
+
+@dataclass
+class Crafted:
+    name: str
+    scenario: str
+    description: str
+    topology: dict
+    timers: dict
+    frames: list[Frame]
+    findings: list[Finding]
+
+
+def timers(idle: int, *, target_keepalive: int | None = None, client_keepalive: int | None = None,
+           client_timeout: int | None = None) -> dict:
+    return {"proxy_idle_timeout_s": idle, "target_keepalive_timeout_s": target_keepalive,
+            "client_keepalive_duration_s": client_keepalive,
+            "client_response_timeout_s": client_timeout}
+
+
+def topology(clients: Iterable[Host], target_software: str, mirror: str = "plain") -> dict:
+    return {"clients": [c.ip for c in clients],
+            "proxy": {"kind": "AWS ALB (replayed)", "front": f"{ALB_FRONT.ip}:{LISTENER_PORT}",
+                      "back": ALB_BACK.ip},
+            "targets": [{"endpoint": f"{TARGET.ip}:{TARGET_PORT}", "software": target_software}],
+            "capture_point": "both ALB ENIs mirrored",
+            "mirror": mirror}
+
+
+def at_epoch(iso: str) -> int:
+    from datetime import datetime
+    return int(datetime.fromisoformat(iso).timestamp()) * SECOND
+
+
+def curl_closes(front: TcpConversation, answered: Sent) -> None:
+    """curl ACKs the response and, having one URL to fetch, closes."""
+    front.ack(OPENER, front.after(OPENER, answered.last.ts_us))
+    front.close(OPENER, front.after(OPENER, answered.last.ts_us) + 150)
+
+
+def gateway_timeout() -> Crafted:
+    """Article error 1: request out at 25421.860, ALB FIN to the target at 25481.863, 504."""
+    alb = Alb("alb-gateway-timeout")
+    front, up = alb.accept(CLIENT, at_epoch("2025-12-14T09:10:03+00:00"), EC2_CLIENT_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    request = client_request("curl", "/slow.php")
+    client_sent, target_sent = alb.forward(front, back, up + 60, request)
+    gave_up = back.fin(OPENER, target_sent.last.ts_us + 60 * SECOND)
+    back.ack(ACCEPTOR, back.after(ACCEPTOR, gave_up.ts_us))
+    answered = alb.answer(front, 504, gave_up.ts_us + ALB_PROCESSING_US)
+    curl_closes(front, answered)
+    finding = Finding("gateway_timeout", gave_up, "target", front.flow, back.flow, 504,
+                      [client_sent.first, target_sent.first, gave_up, answered.first])
+    return Crafted(
+        "alb-gateway-timeout", "alb-gateway-timeout",
+        "curl GETs /slow.php; the ALB relays it to the target, which never answers. Exactly "
+        "60 s (the idle timeout) after the request went out the ALB closes the target connection "
+        "with a FIN and answers the client 504 with Server: awselb/2.0. The article measured "
+        "60.003 s (25421.860 -> 25481.863); the replay uses 60.000 s. Expected: one "
+        "gateway_timeout, not also an idle_timeout_close: the target connection was waiting for "
+        "a response, not idle, and it is one event.",
+        topology([CLIENT], "Apache/2.4.58 + PHP, /slow.php sleeps longer than 60 s"),
+        timers(60), alb.capture.frames(), [finding])
+
+
+def back_handshake_us() -> int:
+    """How long the ALB's connect to a target takes, so the request leaves right after it."""
+    return TARGET_RTT_US + TURNAROUND_US
+
+
+def target_fin_502() -> Crafted:
+    """Article error 2: request out at 9688.184, target FIN 11 s later, 502."""
+    alb = Alb("alb-target-fin-502")
+    front, up = alb.accept(CLIENT, at_epoch("2025-12-14T11:42:17+00:00"), EC2_CLIENT_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    client_sent, target_sent = alb.forward(front, back, up + 60, client_request("curl", "/report.php"))
+    target_fin = back.fin(ACCEPTOR, target_sent.last.ts_us + 11 * SECOND)
+    answered = alb.answer(front, 502, target_fin.ts_us + ALB_PROCESSING_US)
+    alb_fin = back.fin(OPENER, answered.first.ts_us + TURNAROUND_US)
+    back.ack(ACCEPTOR, back.after(ACCEPTOR, alb_fin.ts_us))
+    curl_closes(front, answered)
+    finding = Finding("target_reset", target_fin, "target", front.flow, back.flow, 502,
+                      [client_sent.first, target_sent.first, target_fin, answered.first])
+    return Crafted(
+        "alb-target-fin-502", "alb-target-fin-502",
+        "curl GETs /report.php; 11 s after the ALB relayed it, the target's script timeout kills "
+        "the worker, which closes the connection with a FIN and no response. The ALB answers the "
+        "client 502 (Server: awselb/2.0) and closes its side of the target connection.",
+        topology([CLIENT], "Apache/2.4.58 + PHP, worker killed by a script timeout after 11 s"),
+        timers(60), alb.capture.frames(), [finding])
+
+
+# The access-log line the article prints for its 460.
+ARTICLE_460_RECEIVED = "2025-12-15T17:17:38.632000+00:00"
+ARTICLE_460_TRACE_ID = "Root=1-694042b2-2084024a481f9518671832f8"
+
+
+def client_timeout_460() -> Crafted:
+    """Article: python-requests with timeout=10 gives up; the ALB logs 460."""
+    alb = Alb("alb-client-timeout-460")
+    received = at_epoch(ARTICLE_460_RECEIVED[:19] + "+00:00") + 632 * MS
+    front, up = alb.accept(CLIENT, received - EC2_CLIENT_RTT_US - 2 * TURNAROUND_US, EC2_CLIENT_RTT_US)
+    back, _ = alb.connect(received + ALB_PROCESSING_US - back_handshake_us())
+    client_sent, target_sent = alb.forward(front, back, received,
+                                           client_request("python-requests", "/delay.php"),
+                                           trace_id=ARTICLE_460_TRACE_ID)
+    # requests' read timeout runs from the request's send: 10 s later at the capture point too.
+    gave_up, alb_fin, _ = front.close(OPENER, client_sent.last.ts_us + 10 * SECOND)
+    # The ALB cannot reuse a connection with a request outstanding, so it closes it as well.
+    cancelled = back.fin(OPENER, alb_fin.ts_us + TURNAROUND_US)
+    back.ack(ACCEPTOR, back.after(ACCEPTOR, cancelled.ts_us))
+    # delay.php sleeps 15 s; its late answer meets a closed socket and the ALB resets.
+    late = back.send(ACCEPTOR, target_sent.last.ts_us + TARGET_RTT_US + 15 * SECOND,
+                     apache_response(target_sent.last.ts_us + 15 * SECOND,
+                                     html_page("delayed", 300), 5).raw(), acked=False)
+    back.rst(OPENER, back.after(OPENER, late.last.ts_us))
+    finding = Finding("client_abort", gave_up, "client", front.flow, back.flow, None,
+                      [client_sent.first, target_sent.first, gave_up, cancelled])
+    return Crafted(
+        "alb-client-timeout-460", "alb-client-timeout-460",
+        "python-requests/2.25.1 GETs /delay.php with timeout=10 and closes (FIN) 10 s later "
+        "without a response; the ALB logs 460 (the article's log line: received "
+        f"{ARTICLE_460_RECEIVED}, trace id {ARTICLE_460_TRACE_ID}, 151 bytes received) but the "
+        "client gets nothing, so status is null. Chosen, the article does not show it: the ALB "
+        "closes the client side and FINs the target connection at once (it cannot reuse it with "
+        "a request outstanding); the target's answer at 15 s meets the closed socket and the ALB "
+        "resets it (RST).",
+        topology([CLIENT], "Apache/2.4.58 + PHP, /delay.php sleeps 15 s"),
+        timers(60, client_timeout=10), alb.capture.frames(), [finding])
+
+
+def keepalive_race() -> Crafted:
+    """Target keep-alive 5 s < ALB idle 60 s: the target's FIN crosses a reused request."""
+    alb = Alb("alb-keepalive-race")
+    app = partial(express_response)
+    front, up = alb.accept(BROWSER, at_epoch("2025-12-14T14:03:51+00:00"), BROWSER_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    first = alb.exchange(front, back, up + 60, client_request("chrome", "/api/items"),
+                         lambda t: app(t, json_items(90)), 3 * MS)
+    second = alb.exchange(front, back, first.client_response.last.ts_us + 1800 * MS,
+                          client_request("chrome", "/api/items?page=2"),
+                          lambda t: app(t, json_items(12)), 2 * MS)
+    idle_from = second.target_response.last
+    closes_at = idle_from.ts_us + 5 * SECOND
+    # A second client's request reaches the ALB just as the target's keep-alive timer fires;
+    # the ALB relays it on the idle connection 200 us before the target's FIN arrives.
+    relay_at = closes_at - 200
+    request_at = relay_at - ALB_PROCESSING_US
+    curl, _ = alb.accept(CLIENT, request_at - EC2_CLIENT_RTT_US - 2 * TURNAROUND_US - 60,
+                         EC2_CLIENT_RTT_US)
+    acked_before = back.nxt[OPENER]  # what the target had received when it sent its FIN
+    client_sent, target_sent = alb.forward(curl, back, request_at, client_request("curl", "/api/orders"))
+    target_fin = back.fin(ACCEPTOR, closes_at, ack=acked_before)
+    alb_ack = back.ack(OPENER, back.after(OPENER, target_fin.ts_us))
+    # The target's closed socket resets the request (seq taken from the request's ACK, i.e.
+    # the FIN's own seq), and again the ALB's ACK of the FIN (seq after the FIN).
+    reset = back.rst(ACCEPTOR, target_sent.last.ts_us + TARGET_RTT_US, seq=back.nxt[ACCEPTOR] - 1)
+    back.rst(ACCEPTOR, back.after(ACCEPTOR, alb_ack.ts_us))
+    answered = alb.answer(curl, 502, reset.ts_us + ALB_PROCESSING_US)
+    curl_closes(curl, answered)
+    finding = Finding("keepalive_race", target_fin, "target", curl.flow, back.flow, 502,
+                      [idle_from, target_sent.first, target_fin, reset, answered.first])
+    return Crafted(
+        "alb-keepalive-race", "alb-keepalive-race",
+        "A browser makes two healthy requests; the ALB opens one target connection and reuses "
+        "it. The target (Node.js, keepAliveTimeout 5 s) closes it exactly 5.000 s after its last "
+        "response; 200 us before that FIN reaches the ALB, the ALB relays a second client's "
+        "(curl) request on the same connection. The target's closed socket answers the request "
+        "with RST and the ALB answers curl 502 (Server: awselb/2.0), without retrying. Expected: "
+        "one keepalive_race (not also a target_keepalive_close for the same FIN).",
+        topology([BROWSER, CLIENT], "Node.js/Express, keepAliveTimeout 5 s"),
+        timers(60, target_keepalive=5), alb.capture.frames(), [finding])
+
+
+def idle_close_both_sides(alb: Alb, front: TcpConversation, back: TcpConversation,
+                          exchange: Exchange, idle_us: int) -> tuple[Frame, Frame]:
+    """The ALB's idle timer fires on each connection ``idle_us`` after its last HTTP data."""
+    to_target = back.close(OPENER, exchange.target_response.last.ts_us + idle_us)[0]
+    to_client = front.close(ACCEPTOR, exchange.client_response.last.ts_us + idle_us)[0]
+    return to_client, to_target
+
+
+def idle_timeout_keepalive_probes() -> Crafted:
+    """Article: Firefox probes every 10 s; the ALB closes 60 s after the last HTTP data anyway."""
+    alb = Alb("alb-idle-timeout-keepalive-probes")
+    front, up = alb.accept(BROWSER, at_epoch("2025-12-14T16:21:09+00:00"), BROWSER_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    page = alb.exchange(front, back, up + 60, client_request("firefox", "/"),
+                        lambda t: nginx_response(t, html_page("home", 2600)), 1 * MS)
+    # Windows sends the first probe 10 s after the last segment it sent (its ACK of the page)
+    # and the next 10 s after each answer arrives.
+    probes = []
+    last_seen = front.after(OPENER, page.client_response.last.ts_us)
+    probe_at = last_seen + 10 * SECOND
+    while probe_at < page.client_response.last.ts_us + 60 * SECOND:
+        probe, answer = front.keepalive_probe(OPENER, probe_at)
+        probes.append(probe)
+        probe_at = front.after(OPENER, answer.ts_us) + 10 * SECOND
+    to_client, to_target = idle_close_both_sides(alb, front, back, page, 60 * SECOND)
+    findings = [
+        Finding("idle_timeout_close", to_client, "client", front.flow, None, None,
+                [page.client_response.last, to_client]),
+        Finding("tcp_keepalive_ignored", to_client, "client", front.flow, None, None,
+                [page.client_response.last, *probes, to_client]),
+        Finding("idle_timeout_close", to_target, "target", None, back.flow, None,
+                [page.target_response.last, to_target]),
+    ]
+    return Crafted(
+        "alb-idle-timeout-keepalive-probes", "alb-idle-timeout-keepalive-probes",
+        f"Firefox on Windows loads a page and stays connected, sending a TCP keep-alive probe "
+        f"(1 byte at next seq - 1) every 10 s, {len(probes)} in all; the ALB ACKs each but they "
+        "do not reset its idle timer: it closes the client connection exactly 60 s after the "
+        "last HTTP data (the article's pkt#468 -> pkt#3875), and the target connection 60 s "
+        "after the target's response (nginx keeps it 75 s).",
+        topology([BROWSER], "nginx/1.22.1, keepalive_timeout 75 s"),
+        timers(60, target_keepalive=75), alb.capture.frames(), findings)
+
+
+def idle_timeout_both_sides() -> Crafted:
+    """Article: ALB idle 5 s, target keep-alive 10 s: the ALB closes both sides after 5 s."""
+    alb = Alb("alb-idle-timeout-both-sides")
+    front, up = alb.accept(BROWSER, at_epoch("2025-12-14T16:48:30+00:00"), BROWSER_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    page = alb.exchange(front, back, up + 60, client_request("chrome", "/"),
+                        lambda t: apache_response(t, html_page("home", 900), 10), 1 * MS)
+    to_client, to_target = idle_close_both_sides(alb, front, back, page, 5 * SECOND)
+    findings = [
+        Finding("idle_timeout_close", to_client, "client", front.flow, None, None,
+                [page.client_response.last, to_client]),
+        Finding("idle_timeout_close", to_target, "target", None, back.flow, None,
+                [page.target_response.last, to_target]),
+    ]
+    return Crafted(
+        "alb-idle-timeout-both-sides", "alb-idle-timeout-both-sides",
+        "ALB idle timeout 5 s, target (Apache, KeepAliveTimeout 10) keeps connections 10 s: "
+        "after one request the ALB closes both connections exactly 5 s after the last HTTP data "
+        "on each, before the target would.",
+        topology([BROWSER], "Apache/2.4.58, KeepAliveTimeout 10"),
+        timers(5, target_keepalive=10), alb.capture.frames(), findings)
+
+
+def client_keepalive_duration() -> Crafted:
+    """Article: idle 300 s, client keep-alive 60 s: the request at 81 s gets Connection: close."""
+    alb = Alb("alb-client-keepalive-duration")
+    opened = at_epoch("2025-12-15T08:30:12+00:00")
+    front, up = alb.accept(CLIENT, opened, EC2_CLIENT_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    page = partial(nginx_response, body=html_page("status", 400))
+    # A requests.Session polling every 7 s, then pausing: the first request after the
+    # 60 s keep-alive duration comes at 81 s, as in the article.
+    for age_s in (0, 7, 14, 21, 28, 35, 42, 49, 56):
+        served = alb.exchange(front, back, max(up + 60, opened + age_s * SECOND),
+                              client_request("python-requests", "/status"),
+                              lambda t: page(t), 1 * MS)
+        front.ack(OPENER, front.after(OPENER, served.client_response.last.ts_us))
+    last = alb.exchange(front, back, opened + 81 * SECOND, client_request("python-requests", "/status"),
+                        lambda t: page(t), 1 * MS, close_client=True)
+    expired, _, _ = front.close(ACCEPTOR, last.client_response.last.ts_us + TURNAROUND_US)
+    syn = front.capture.frames()[0]
+    finding = Finding("client_keepalive_expiry", expired, "client", front.flow, None, 200,
+                      [syn, last.client_request.first, last.client_response.first, expired])
+    return Crafted(
+        "alb-client-keepalive-duration", "alb-client-keepalive-duration",
+        "ALB idle timeout 300 s, HTTP client keep-alive duration 60 s. A python-requests session "
+        "polls /status every 7 s up to 56 s, pauses, and asks again 81 s after connecting: the "
+        "ALB serves that request with Connection: close and closes the client connection (FIN). "
+        "The target connection stays open (nginx keeps it 75 s, requests come more often).",
+        topology([CLIENT], "nginx/1.22.1, keepalive_timeout 75 s"),
+        timers(300, target_keepalive=75, client_keepalive=60), alb.capture.frames(), [finding])
+
+
+def target_keepalive_close() -> Crafted:
+    """Article: target keep-alive 10 s closes exactly 10 s after its last response (#1177 -> #1595)."""
+    alb = Alb("alb-target-keepalive-close")
+    front, up = alb.accept(BROWSER, at_epoch("2025-12-14T10:05:44+00:00"), BROWSER_RTT_US)
+    back, _ = alb.connect(up + 60 + ALB_PROCESSING_US - back_handshake_us())
+    page = partial(apache_response, body=html_page("home", 1200), keepalive_s=10)
+    first = alb.exchange(front, back, up + 60, client_request("chrome", "/"), lambda t: page(t), 1 * MS)
+    front.ack(OPENER, front.after(OPENER, first.client_response.last.ts_us))
+    second = alb.exchange(front, back, first.client_response.last.ts_us + 6 * SECOND + 212 * MS,
+                          client_request("chrome", "/"), lambda t: page(t), 1 * MS)
+    front.ack(OPENER, front.after(OPENER, second.client_response.last.ts_us))
+    target_fin, _, _ = back.close(ACCEPTOR, second.target_response.last.ts_us + 10 * SECOND)
+    finding = Finding("target_keepalive_close", target_fin, "target", None, back.flow, None,
+                      [second.target_response.last, target_fin])
+    return Crafted(
+        "alb-target-keepalive-close", "alb-target-keepalive-close",
+        "A browser makes a request, and another about 6 s later on the same connections; the "
+        "target (Apache, KeepAliveTimeout 10) closes the idle target connection exactly 10 s "
+        "after its last response, the ALB closes its side too. No error: nothing was in flight. "
+        "The client connection stays open (ALB idle timeout 60 s).",
+        topology([BROWSER], "Apache/2.4.58, KeepAliveTimeout 10"),
+        timers(60, target_keepalive=10), alb.capture.frames(), [finding])
+
+
+# --- mirror artefacts -------------------------------------------------------
+
+VNI = 4242  # one VNI for every mirror session of the VPC
+MIRROR_TARGET = Host("198.19.100.10", "02:00:c6:13:64:0a", LINUX)
+MIRROR_SOURCE_MAC = "02:00:c6:13:00:01"
+VXLAN_PORT = 4789
+
+
+def underlay(inner_ip: str) -> str:
+    """The mirrored ENI's address on the mirror network: 198.18.a.b -> 198.19.a.b."""
+    return "198.19." + inner_ip.split(".", 2)[2]
+
+
+def mirrored_eni(frame: Frame) -> str:
+    """The inner address whose ENI mirrored this copy: the ALB's, or the peer's."""
+    packet = IP(frame.data[14:])
+    alb_end, peer = (packet.src, packet.dst) if packet.src in ALB_ADDRESSES else (packet.dst, packet.src)
+    return alb_end if frame.mirrored_at == "alb" else peer
+
+
+def vxlan_encapsulate(frames: list[Frame], vni: int = VNI) -> list[Frame]:
+    """Each frame as AWS Traffic Mirroring delivers it: Ether/IP/UDP 4789/VXLAN around it.
+
+    A frame already cut short (``truncate_frames``, the session's PacketLength) is
+    wrapped as it is: the outer packet is complete, the inner IP length is not.
+    """
+    wrapped = []
+    for ip_id, frame in enumerate(frames):
+        inner = IP(frame.data[14:])
+        # AWS spreads flows over source ports; any stable per-flow hash does.
+        sport = 49152 + (hash_flow(inner.src, inner.dst) % 16384)
+        outer = (Ether(src=MIRROR_SOURCE_MAC, dst=MIRROR_TARGET.mac)
+                 / IP(src=underlay(mirrored_eni(frame)), dst=MIRROR_TARGET.ip, ttl=255,
+                      id=ip_id % 2**16, flags="DF")
+                 / UDP(sport=sport, dport=VXLAN_PORT, chksum=0)
+                 / VXLAN(flags=0x08, vni=vni) / Raw(frame.data))
+        data = bytes(outer)
+        wrapped.append(Frame(frame.ts_us, data, len(data), frame.source, frame.mirrored_at))
+    return wrapped
+
+
+def hash_flow(a: str, b: str) -> int:
+    """Symmetric and stable across runs (unlike ``hash``)."""
+    return sum(int(octet) * 257**i for i, octet in enumerate(sorted((a + "." + b).split("."))))
+
+
+def duplicate_both_ends(frames: list[Frame], rng: random.Random) -> list[Frame]:
+    """Both ends mirrored: each frame again a few microseconds later, from the peer's ENI."""
+    copies = [Frame(f.ts_us + rng.randint(2, 40), f.data, f.wire_len, f.source, "peer")
+              for f in frames]
+    return sorted(frames + copies, key=lambda f: f.ts_us)
+
+
+def drop_frames(frames: list[Frame], rate: float, rng: random.Random,
+                keep: Iterable[Frame] = ()) -> list[Frame]:
+    """Lose ``rate`` of the frames (at least one), never one in ``keep`` (the evidence)."""
+    kept = {f.source for f in keep}
+    candidates = [f for f in frames if f.source not in kept]
+    lost = set(rng.sample(candidates, max(1, round(rate * len(frames)))))
+    return [f for f in frames if f not in lost]
+
+
+def truncate_frames(frames: list[Frame], snaplen: int, count: int, rng: random.Random,
+                    keep: Iterable[Frame] = ()) -> list[Frame]:
+    """Cut ``count`` frames longer than ``snaplen`` to it, never one in ``keep``."""
+    kept = {f.source for f in keep}
+    long = [f for f in frames if len(f.data) > snaplen and f.source not in kept]
+    cut = set(rng.sample(long, min(count, len(long))))
+    return [Frame(f.ts_us, f.data[:snaplen], f.wire_len, f.source, f.mirrored_at) if f in cut else f
+            for f in frames]
+
+
+def evidence(crafted: Crafted) -> list[Frame]:
+    return [f for finding in crafted.findings for f in finding.evidence]
+
+
+def mirror_variant(crafted: Crafted) -> Crafted:
+    rng = random.Random(f"alb-pcap craft {crafted.name} mirror")
+    frames = vxlan_encapsulate(duplicate_both_ends(crafted.frames, rng))
+    return replace(
+        crafted, name=f"{crafted.name}-mirror", frames=frames,
+        description=crafted.description + f" Mirror variant: VXLAN (UDP {VXLAN_PORT}, VNI {VNI}) "
+        "from both ends, so every frame appears twice a few microseconds apart with a different "
+        "outer source (198.19.x.y for the ENI of 198.18.x.y); evidence frames name the first copy.",
+        topology=crafted.topology | {"mirror": f"vxlan vni={VNI}, both ends, duplicates"})
+
+
+LOSSY_SNAPLEN = 96
+
+
+def lossy_variant(crafted: Crafted) -> Crafted:
+    rng = random.Random(f"alb-pcap craft {crafted.name} lossy")
+    survivors = drop_frames(crafted.frames, 0.01, rng, keep=evidence(crafted))
+    frames = vxlan_encapsulate(truncate_frames(survivors, LOSSY_SNAPLEN, 3, rng, keep=evidence(crafted)))
+    return replace(
+        crafted, name=f"{crafted.name}-lossy", frames=frames,
+        description=crafted.description + f" Lossy variant: VXLAN (VNI {VNI}) from the ALB's ENIs "
+        f"only, {len(crafted.frames) - len(survivors)} frame(s) lost (1%) and 3 cut to the mirror "
+        f"session's PacketLength of {LOSSY_SNAPLEN} bytes (inner packet short, outer complete); "
+        "no evidence frame was lost or cut.",
+        topology=crafted.topology | {"mirror": f"vxlan vni={VNI}, 1% drop, packet length {LOSSY_SNAPLEN}"})
+
+
+# --- writing ----------------------------------------------------------------
+
+PCAP_SNAPLEN = 262144
+LINKTYPE_ETHERNET = 1
+
+
+def write_pcap(path: Path, frames: list[Frame]) -> None:
+    """Classic pcap, microsecond timestamps; caplen < wire length where a frame was cut."""
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, PCAP_SNAPLEN, LINKTYPE_ETHERNET))
+        for frame in frames:
+            seconds, micros = divmod(frame.ts_us, SECOND)
+            out.write(struct.pack("<IIII", seconds, micros, len(frame.data), frame.wire_len))
+            out.write(frame.data)
+
+
+def expected(crafted: Crafted) -> dict:
+    number = {}
+    for n, frame in enumerate(crafted.frames, 1):
+        number.setdefault(frame.source, n)
+    return {
+        "capture": f"{crafted.name}.pcap",
+        "scenario": crafted.scenario,
+        "proxy": "alb-replay",
+        "description": crafted.description,
+        "source": "crafted from the seed article's timings",
+        "topology": crafted.topology,
+        "timers": crafted.timers,
+        "findings": [{
+            "kind": f.kind, "ts": f.at.ts_us / SECOND, "side": f.side,
+            "client_flow": f.client_flow, "target_flow": f.target_flow, "status": f.status,
+            "evidence_frames": [number[e] for e in f.evidence],
+        } for f in crafted.findings],
+    }
+
+
+def write(build: Callable[[], Crafted], out_dir: Path) -> list[Path]:
+    crafted = build()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pcap = out_dir / f"{crafted.name}.pcap"
+    truth = out_dir / f"{crafted.name}.expected.json"
+    write_pcap(pcap, crafted.frames)
+    truth.write_text(json.dumps(expected(crafted), indent=2) + "\n")
+    return [pcap, truth]
+
+
+BUILDERS: dict[str, Callable[[], Crafted]] = {
+    "alb-gateway-timeout": gateway_timeout,
+    "alb-target-fin-502": target_fin_502,
+    "alb-client-timeout-460": client_timeout_460,
+    "alb-keepalive-race": keepalive_race,
+    "alb-keepalive-race-mirror": lambda: mirror_variant(keepalive_race()),
+    "alb-keepalive-race-lossy": lambda: lossy_variant(keepalive_race()),
+    "alb-idle-timeout-keepalive-probes": idle_timeout_keepalive_probes,
+    "alb-idle-timeout-both-sides": idle_timeout_both_sides,
+    "alb-client-keepalive-duration": client_keepalive_duration,
+    "alb-target-keepalive-close": target_keepalive_close,
+}
+
+CRAFTED: dict[str, Callable[[Path], list[Path]]] = {
+    name: partial(write, build) for name, build in BUILDERS.items()
+}
+
+
+def write_all(out_dir: Path) -> list[Path]:
+    return [path for write_one in CRAFTED.values() for path in write_one(Path(out_dir))]
