@@ -60,6 +60,15 @@ class Logs:
     def target_activity(self, peer: str) -> list[float]:
         return [e["ts"] for e in self.target if e.get("peer") == peer and e.get("event") != "close"]
 
+    def client_waiting_at(self, local: str, ts: float) -> bool:
+        """Had the client sent a request on this connection without any outcome by ts?"""
+        events = [c for c in self.client if c["local"] == local and c["ts"] <= ts]
+        sent = sum(c["event"] == "request" for c in events)
+        return sent > sum(c["event"] in ("response", "timeout", "server_close") for c in events)
+
+    def client_gave_up_before(self, local: str, ts: float) -> bool:
+        return any(c["event"] == "timeout" and c["local"] == local and c["ts"] <= ts for c in self.client)
+
     def outstanding_at(self, peer: str, ts: float) -> bool:
         """Did the target hold a request from peer without having answered it at ts?"""
         events = [e for e in self.target if e.get("peer") == peer and e["ts"] <= ts]
@@ -108,12 +117,15 @@ def _client_flow(record: dict[str, Any]) -> str:
 
 
 def gateway_timeouts(logs: Logs) -> list[Finding]:
-    """The proxy logged 504 (HAProxy sH--): `ts` is when it gave up, from its log."""
-    return [
-        finding("gateway_timeout", r["end_ts"], "target", "proxy log", status=504,
-                client_flow=_client_flow(r), target_flow=logs.target_flow_of(r["trace_id"]))
-        for r in logs.proxy if r["status"] == 504
-    ]
+    """The proxy logged 504 (HAProxy sH--): `ts` is when it gave up, from its log. If the client had
+    already given up (HAProxy keeps waiting for the target), nobody saw that 504: status null."""
+    out = []
+    for r in (r for r in logs.proxy if r["status"] == 504):
+        gone = logs.client_gave_up_before(r["client"], r["end_ts"])
+        out.append(finding("gateway_timeout", r["end_ts"], "target", "proxy log", status=None if gone else 504,
+                           client_flow=_client_flow(r), target_flow=logs.target_flow_of(r["trace_id"]),
+                           proxy_status=504, client_gone=gone))
+    return out
 
 
 def client_aborts(logs: Logs) -> list[Finding]:
@@ -203,8 +215,10 @@ def idle_closes(logs: Logs, front: list[wire.Conn], back: list[wire.Conn], scena
         if close is None or close[1] != conn.acceptor:
             continue
         records = [r for r in logs.proxy if r["client"] == conn.opener]
-        if any(r["request_ts"] <= close[0] < r["end_ts"] for r in records):
-            continue
+        if logs.client_waiting_at(conn.opener, close[0]) or any(
+            r["request_ts"] <= close[0] < r["end_ts"] for r in records
+        ):
+            continue  # a close with a request outstanding (HAProxy's silent close) is not idleness
         idle = close[0] - max([r["end_ts"] for r in records], default=conn.syn_ts)
         if idle >= MIN_IDLE_S:
             out += _client_idle_close(conn, close, idle)
@@ -236,12 +250,13 @@ def client_keepalive_expiries(logs: Logs, front: list[wire.Conn], scenario: Scen
         return []
     out = []
     for conn in front:
-        close = conn.first_close()
+        # The proxy's FIN, even when the client, reading `Connection: close`, closed first.
+        closed = conn.fin.get(conn.acceptor) or conn.rst.get(conn.acceptor)
         responses = [c for c in logs.client if c["local"] == conn.opener and c["event"] == "response"]
         closing = [c for c in responses if (c.get("connection") or "").lower() == "close"]
-        if close and close[1] == conn.acceptor and closing and closing[0]["ts"] - conn.syn_ts >= duration:
-            out.append(finding("client_keepalive_expiry", close[0], "client", "capture", client_flow=conn.flow,
-                               status=closing[0]["status"], connection_age_s=round(close[0] - conn.syn_ts, 3)))
+        if closed and closing and closing[0]["ts"] - conn.syn_ts >= duration:
+            out.append(finding("client_keepalive_expiry", closed, "client", "capture", client_flow=conn.flow,
+                               status=closing[0]["status"], connection_age_s=round(closed - conn.syn_ts, 3)))
     return out
 
 

@@ -97,7 +97,9 @@ NGINX_PROXY_LOG_FORMAT = (
 def nginx_proxy_config(setup: ProxySetup, run_dir: Path) -> str:
     idle = _s(setup.idle_timeout_s)
     duration = _s(setup.client_keepalive_duration_s) if setup.client_keepalive_duration_s else "1h"
-    servers = "\n".join(f"        server {t};" for t in setup.targets)
+    # max_fails=0: no passive health checks. By default one 502/504 marks a target down for 10 s
+    # and every request meanwhile gets an instant 502 "no live upstreams"; an ALB does not do that.
+    servers = "\n".join(f"        server {t} max_fails=0;" for t in setup.targets)
     # proxy_next_upstream off: no second attempt; otherwise a failure on a reused connection
     # is retried without using up a try, and the client never sees that 502.
     retries = "" if setup.retries else "            proxy_next_upstream off;\n"

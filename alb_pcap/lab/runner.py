@@ -139,14 +139,20 @@ def _run_clients(lab: Lab, scenario: Scenario, run_dir: Path) -> None:
 
 
 def _curl(lab: Lab, source_ip: str, log: Path) -> None:
-    write_out = '{"ts_end": %{time_total}, "local": "%{local_ip}:%{local_port}", "status": %{http_code}}\\n'
+    """One `Connection: close` request with curl; logged in the Python client's format."""
+    write_out = '{"local": "%{local_ip}:%{local_port}", "status": %{http_code}}'
     started = time.time()
     line = lab.sh(lab.ns["client"], "curl", "-s", "-o", "/dev/null", "--interface", source_ip,
                   "-H", "Connection: close", "-w", write_out, f"http://{LISTENER}/ok")
-    record = json.loads(line)
-    record["ts"] = round(started, 6)
+    outcome = json.loads(line)
+    records = [
+        {"ts": round(started, 6), "event": "request", "conn": "curl", "local": outcome["local"],
+         "method": "GET", "path": "/ok"},
+        {"ts": round(time.time(), 6), "event": "response", "conn": "curl", "local": outcome["local"],
+         "status": outcome["status"], "connection": "close"},
+    ]
     with log.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def _write_outputs(scenario: Scenario, stem: str, run_dir: Path, out_dir: Path,

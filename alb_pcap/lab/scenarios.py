@@ -88,7 +88,7 @@ SCENARIOS = [
         Timers(proxy_idle_timeout_s=2, target_keepalive_timeout_s=10),
         target="nginx",
         clients=[conn(f"c{i}", i, [get(), get(after=0.3)], start=0.2 * i, hold=4.0) for i in range(2)],
-        linger_s=3.0,
+        linger_s=5.0,  # HAProxy purges idle target connections in waves, seconds later
         designed=(("idle_timeout_close", None),),
     ),
     Scenario(
@@ -162,9 +162,9 @@ SCENARIOS = [
     ),
     Scenario(
         11, "mixed",
-        "Concurrent clients against two targets (keep-alive 2.5 s, busy 0.2 s; idle timeout 3 s): "
-        "healthy keep-alive traffic with a slow request (504), target FIN and RST (502), a client "
-        "abort, requests timed against the target keep-alive, and idle closes at the end.",
+        "Concurrent clients against two targets (keep-alive 2.5 s; idle timeout 3 s): healthy "
+        "keep-alive traffic with a slow request (504), target FIN and RST (502), a client abort, "
+        "target keep-alive closes, late requests on new connections, and idle closes at the end.",
         Timers(proxy_idle_timeout_s=3, target_keepalive_timeout_s=2.5, client_response_timeout_s=1.5),
         target="python",
         targets=2,
@@ -172,10 +172,11 @@ SCENARIOS = [
         clients=[
             conn("steady-a", 0, [get(after=0.1)] + [get(after=0.4) for _ in range(6)], hold=4.0),
             conn("steady-b", 1, [get(after=0.3)] + [get(after=0.5) for _ in range(5)]),
-            conn("slow", 2, [get("/sleep/4")], start=0.5),
+            # POST: nginx would retry a timed-out GET on the other target (proxy_next_upstream timeout)
+            conn("slow", 2, [post("/sleep/4")], start=0.5),
             conn("fin", 3, [post("/fin/0.5")], start=1.0),
             conn("rst", 0, [post("/rst/0.5")], start=1.5),
-            conn("impatient", 1, [get("/sleep/3")], start=2.0, timeout=1.5),
+            conn("impatient", 1, [get("/sleep/2")], start=2.0, timeout=1.5),
             conn("late-a", 2, [post()], start=6.35),
             conn("late-b", 3, [post()], start=6.4),
         ],
