@@ -1,0 +1,537 @@
+"""Correlation: pair each client-side exchange with the target-side exchange(s) it caused.
+
+Theory of operation
+-------------------
+A proxy accepts a request on a *front* connection (client -> proxy) and sends it
+on a *back* connection (proxy -> target), maybe several times (nginx retries an
+idempotent request after a failure on a reused keep-alive connection), maybe
+never (a 502/504/460 it made up itself). Nothing on the wire names the pair, so
+it is found from what the proxy copies across, strongest key first:
+
+1. a request id present on both sides (``X-Amzn-Trace-Id``'s ``Root=``, which
+   the ALB keeps while adding ``Self=``; ``X-Request-Id``; ``X-Correlation-Id``);
+2. the last hop of ``X-Forwarded-For`` (the front connection's opener) with the
+   method and URI; ``X-Forwarded-Port``, when present, must be the front port;
+3. causality for both: the back request starts after the front request starts
+   and before the front response starts.
+
+Exchanges arrive when they *end* (pipeline.Sink), in either order across the
+two sides, so both sides wait in a small index until their partner shows up.
+Memory is bounded by time, not by the capture's length: a healthy front waits
+``settle_ns`` (long enough for its connection's close to be reported, which may
+reveal a client abort), everything else waits ``window_ns``; then a healthy
+transaction is counted and dropped, an interesting one (an error status, no
+response, a cut connection) is kept in full.
+
+Roles are learnt from the pairs: a front connection's acceptor is a proxy
+listener, a back connection's opener address is that proxy's back address (an
+ALB node has different addresses on its two sides), its acceptor a target.
+Before any pair is seen, an ``X-Forwarded-For`` whose last hop is not the
+connection's opener marks a back connection; everything else is front.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from .model import Close, Exchange
+
+SEC = 1_000_000_000
+ID_HEADERS = ("x-amzn-trace-id", "x-request-id", "x-correlation-id")
+# Statuses a proxy makes up itself: worth keeping the transaction for.
+PROXY_STATUSES = frozenset({408, 460, 499, 502, 503, 504})
+# Different captures of one incident are merged by timestamp; allow them to
+# disagree by this much when checking causality.
+SKEW_NS = 50_000_000
+
+
+# -- flows ---------------------------------------------------------------------
+
+
+def split_flow(flow: str) -> tuple[str, str]:
+    """``"a:1->b:2"`` -> ``("a:1", "b:2")``: (opener, acceptor)."""
+    opener, _, acceptor = flow.partition("->")
+    return opener, acceptor
+
+
+def host_of(endpoint: str) -> str:
+    """``1.2.3.4:80`` -> ``1.2.3.4``; ``[2001:db8::1]:80`` -> ``2001:db8::1``."""
+    return endpoint.rpartition(":")[0].strip("[]")
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rpartition(":")[2])
+
+
+# -- exchanges, cut down to what diagnosis needs ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRef:
+    """An Exchange without its headers: what pairing, detection and the timeline use."""
+
+    flow: str
+    conn_id: int
+    index: int
+    method: str | None
+    uri: str | None
+    status: int | None
+    ended: str
+    request_start_ns: int | None
+    request_end_ns: int | None
+    response_start_ns: int | None
+    response_end_ns: int | None
+    request_frame: int | None
+    response_frame: int | None
+    request_ids: tuple[str, ...] = ()
+    forwarded_for: str | None = None
+    """Last hop of X-Forwarded-For: the address the proxy received the request from."""
+    forwarded_port: int | None = None
+    server: str | None = None
+    """The response's Server header (``awselb/2.0`` marks an ALB's own answer)."""
+    request_close: bool = False
+    """The request asked for the connection to close (or was HTTP/1.0 without keep-alive)."""
+    response_close: bool = False
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.conn_id, self.index
+
+    @property
+    def opener(self) -> str:
+        return split_flow(self.flow)[0]
+
+    @property
+    def acceptor(self) -> str:
+        return split_flow(self.flow)[1]
+
+    @property
+    def answered(self) -> bool:
+        """A whole response arrived (the connection was not cut inside it)."""
+        return self.status is not None and self.response_end_ns is not None and self.ended not in ("rst", "gap")
+
+    @property
+    def interesting(self) -> bool:
+        return not self.answered or self.status in PROXY_STATUSES
+
+    @property
+    def last_ns(self) -> int:
+        times = (self.response_end_ns, self.response_start_ns, self.request_end_ns, self.request_start_ns)
+        return max((t for t in times if t is not None), default=0)
+
+    @property
+    def start_ns(self) -> int:
+        return self.request_start_ns if self.request_start_ns is not None else self.last_ns
+
+
+def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
+    return ExchangeRef(
+        flow=flow, conn_id=ex.conn_id, index=ex.index, method=ex.method, uri=ex.uri,
+        status=ex.status, ended=ex.ended,
+        request_start_ns=ex.request_start_ns, request_end_ns=ex.request_end_ns,
+        response_start_ns=ex.response_start_ns, response_end_ns=ex.response_end_ns,
+        request_frame=ex.request_frame, response_frame=ex.response_frame,
+        request_ids=_request_ids(ex), forwarded_for=_last_hop(ex.header("x-forwarded-for")),
+        forwarded_port=_int(ex.header("x-forwarded-port")), server=ex.header("server", response=True),
+        request_close=_asks_close(ex.header("connection"), ex.version),
+        response_close=_asks_close(ex.header("connection", response=True), None),
+    )
+
+
+def _request_ids(ex: Exchange) -> tuple[str, ...]:
+    ids = []
+    for name in ID_HEADERS:
+        value = ex.header(name)
+        if value:
+            ids.append(_trace_root(value) if name == "x-amzn-trace-id" else value.strip())
+    return tuple(ids)
+
+
+def _trace_root(value: str) -> str:
+    """The ALB appends ``Self=`` to a client's X-Amzn-Trace-Id; ``Root=`` is what both sides share."""
+    for part in value.split(";"):
+        if part.strip().lower().startswith("root="):
+            return part.strip()[5:]
+    return value.strip()
+
+
+def _last_hop(xff: str | None) -> str | None:
+    if not xff:
+        return None
+    hop = xff.rsplit(",", 1)[-1].strip()
+    return hop.strip("[]") if hop.startswith("[") else hop
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _asks_close(connection: str | None, version: str | None) -> bool:
+    tokens = {t.strip().lower() for t in (connection or "").split(",")}
+    if "close" in tokens:
+        return True
+    # RFC 9112 §9.3: HTTP/1.0 persists only with an explicit keep-alive.
+    return version == "HTTP/1.0" and "keep-alive" not in tokens
+
+
+# -- what correlation produces ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """How a connection closed while one of its exchanges was still outstanding."""
+
+    by: str
+    """"opener" or "acceptor": who sent the first FIN/RST."""
+    close: Close
+    rst: Close | None
+    idle_before_ns: int
+    """Request start minus the connection's previous HTTP data (or its start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One exchange of a transaction, with how its connection was cut, if it was."""
+
+    exchange: ExchangeRef
+    cut: Cut | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A client exchange and the target exchange(s) it caused (retries in order)."""
+
+    front: Leg | None
+    backs: tuple[Leg, ...]
+    paired_by: str | None = None
+    """"request id", "x-forwarded-for" or None (one side only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    name: str
+    listeners: tuple[str, ...]
+    """Front endpoints (ip:port) clients connect to."""
+    back_addresses: tuple[str, ...]
+    """Addresses it opens target connections from."""
+    targets: tuple[str, ...]
+    paired: int
+    found_by: str
+    """"configured", "paired requests", "X-Forwarded-For" (back side only) or "Server header"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    transactions: int = 0
+    paired: int = 0
+    healthy_dropped: int = 0
+    """Healthy transactions counted and not kept (paired or not)."""
+    unpaired_front: int = 0
+    unpaired_back: int = 0
+    retried: int = 0
+    """Front exchanges that caused more than one back exchange."""
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    transactions: tuple[Transaction, ...]
+    """Only the interesting ones; healthy ones are in ``counts``."""
+    counts: Counts
+    proxies: tuple[Proxy, ...]
+
+
+# -- roles -----------------------------------------------------------------------
+
+
+class Roles:
+    """Proxy listeners, back addresses and targets: configured, then learnt from pairs."""
+
+    def __init__(self, proxies: tuple[str, ...] = (), listeners: tuple[int, ...] = ()) -> None:
+        self.configured = frozenset(proxies)
+        self.listener_ports = frozenset(listeners)
+        self.proxy_of: dict[str, int] = {}  # "ep:<listener>" / "ip:<back address>" -> proxy number
+        self.targets: dict[str, int] = {}
+        self.paired: dict[int, int] = {}
+        self.xff_openers: set[str] = set()  # back-side-only evidence
+        self.awselb: set[str] = set()  # front-side-only evidence
+
+    def side(self, ref: ExchangeRef) -> str:
+        """"front" (client -> proxy) or "back" (proxy -> target)."""
+        known = self.conn_side(ref.opener, ref.acceptor)
+        if known:
+            return known
+        if ref.forwarded_for and ref.forwarded_for != host_of(ref.opener):
+            return "back"
+        return "front"
+
+    def conn_side(self, opener: str, acceptor: str) -> str | None:
+        if host_of(opener) in self.configured or f"ip:{host_of(opener)}" in self.proxy_of:
+            return "back"
+        if acceptor in self.targets:
+            return "back"
+        if f"ep:{acceptor}" in self.proxy_of or host_of(acceptor) in self.configured:
+            return "front"
+        if port_of(acceptor) in self.listener_ports:
+            return "front"
+        return None
+
+    def learn(self, front: ExchangeRef, back: ExchangeRef) -> None:
+        keys = (f"ep:{front.acceptor}", f"ip:{host_of(back.opener)}")
+        numbers = {self.proxy_of[k] for k in keys if k in self.proxy_of}
+        number = min(numbers, default=len(self.paired) + len(self.proxy_of) + 1)
+        for key, n in list(self.proxy_of.items()):  # one proxy seen from two sides: merge
+            if n in numbers:
+                self.proxy_of[key] = number
+        for key in keys:
+            self.proxy_of[key] = number
+        self.targets[back.acceptor] = number
+        self.paired[number] = self.paired.get(number, 0) + 1
+
+    def note(self, ref: ExchangeRef, side: str) -> None:
+        """One-side evidence, for proxies[] when no pair says more."""
+        if side == "back" and len(self.xff_openers) < 64:
+            self.xff_openers.add(host_of(ref.opener))
+        if side == "front" and (ref.server or "").lower().startswith("awselb") and len(self.awselb) < 64:
+            self.awselb.add(ref.acceptor)
+
+    def name_of(self, endpoint_or_ip: str) -> str:
+        """The proxy's display name for one of its listeners or back addresses."""
+        number = self.proxy_of.get(f"ep:{endpoint_or_ip}", self.proxy_of.get(f"ip:{endpoint_or_ip}"))
+        if number is None:
+            return endpoint_or_ip
+        return self._proxies_by_number()[number].name
+
+    def proxy_for_target(self, target: str) -> str | None:
+        """The name of the proxy seen sending requests to this target."""
+        number = self.targets.get(target)
+        return None if number is None else self._proxies_by_number()[number].name
+
+    def proxies(self) -> tuple[Proxy, ...]:
+        found = list(self._proxies_by_number().values())
+        paired_ips = {ip for p in found for ip in p.back_addresses}
+        paired_eps = {ep for p in found for ep in p.listeners}
+        for ip in sorted(self.configured - paired_ips):
+            found.append(Proxy(ip, (), (ip,), (), 0, "configured"))
+        for ip in sorted(self.xff_openers - paired_ips - self.configured):
+            found.append(Proxy(ip, (), (ip,), (), 0, "X-Forwarded-For"))
+        for ep in sorted(self.awselb - paired_eps):
+            found.append(Proxy(ep, (ep,), (), (), 0, "Server header"))
+        return tuple(found)
+
+    def _proxies_by_number(self) -> dict[int, Proxy]:
+        out = {}
+        for number in sorted(set(self.proxy_of.values())):
+            eps = tuple(sorted(k[3:] for k, n in self.proxy_of.items() if n == number and k.startswith("ep:")))
+            ips = tuple(sorted(k[3:] for k, n in self.proxy_of.items() if n == number and k.startswith("ip:")))
+            targets = tuple(sorted(t for t, n in self.targets.items() if n == number))
+            name = eps[0] if eps else ips[0]
+            how = "configured" if set(ips) & self.configured else "paired requests"
+            out[number] = Proxy(name, eps, ips, targets, self.paired.get(number, 0), how)
+        return out
+
+
+# -- the correlator ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tx:
+    front: ExchangeRef | None
+    backs: list[ExchangeRef] = field(default_factory=list)
+    paired_by: str | None = None
+    done: bool = False
+
+
+def _front_keys(ref: ExchangeRef) -> list[tuple]:
+    keys: list[tuple] = [("id", i) for i in ref.request_ids]
+    keys.append(("xff", host_of(ref.opener), ref.method, ref.uri))
+    return keys
+
+
+def _back_keys(ref: ExchangeRef) -> list[tuple]:
+    keys: list[tuple] = [("id", i) for i in ref.request_ids]
+    if ref.forwarded_for:
+        keys.append(("xff", ref.forwarded_for, ref.method, ref.uri))
+    return keys
+
+
+def causal(front: ExchangeRef, back: ExchangeRef, window_ns: int) -> bool:
+    """The back request started after the front request and before the front response."""
+    if front.request_start_ns is None or back.request_start_ns is None:
+        return False
+    if back.forwarded_port is not None and back.forwarded_port != port_of(front.acceptor):
+        return False
+    if back.request_start_ns < front.request_start_ns - SKEW_NS:
+        return False
+    limit = front.response_start_ns
+    if limit is None:  # never answered: the proxy may have tried until it gave up
+        limit = front.last_ns + window_ns
+    return back.request_start_ns <= limit + SKEW_NS
+
+
+class Correlator:
+    """Streams ExchangeRefs in, pairs them, keeps only interesting transactions."""
+
+    def __init__(self, roles: Roles, window_ns: int = 120 * SEC, settle_ns: int = 10 * SEC) -> None:
+        self.roles = roles
+        self.window_ns = window_ns
+        self.settle_ns = settle_ns
+        self._fronts: dict[tuple, list[_Tx]] = {}
+        self._backs: dict[tuple, list[ExchangeRef]] = {}
+        self._queue: list[tuple[int, int, object]] = []  # (deadline, seq, _Tx | ExchangeRef)
+        self._seq = 0
+        self._where: dict[tuple[int, int], _Tx | None] = {}  # exchange -> its tx (None: waiting back)
+        self._cuts: dict[tuple[int, int], Cut] = {}
+        self._kept: list[_Tx] = []
+        self._counts: dict[str, int] = dict.fromkeys(Counts.__dataclass_fields__, 0)
+
+    # -- input ----------------------------------------------------------------
+
+    def add(self, ref: ExchangeRef) -> str:
+        """Take one exchange; returns the side it was put on."""
+        side = self.roles.side(ref)
+        self.roles.note(ref, side)
+        if side == "front":
+            self._add_front(ref)
+        else:
+            self._add_back(ref)
+        return side
+
+    def cut(self, key: tuple[int, int], cut: Cut) -> None:
+        """A connection closed while this exchange was outstanding (known only at its close)."""
+        if key in self._where:  # else a healthy transaction already counted and dropped
+            self._cuts[key] = cut
+
+    def advance(self, now_ns: int) -> None:
+        while self._queue and self._queue[0][0] < now_ns:
+            _, _, item = heapq.heappop(self._queue)
+            self._expire(item)
+
+    def widen(self, window_ns: int) -> None:
+        """An idle timeout longer than the window was seen: wait at least that long."""
+        self.window_ns = max(self.window_ns, window_ns)
+
+    def finish(self) -> Correlation:
+        for _, _, item in sorted(self._queue):
+            self._expire(item)
+        self._queue.clear()
+        txs = tuple(self._freeze(tx) for tx in sorted(self._kept, key=_tx_start))
+        return Correlation(txs, Counts(**self._counts), self.roles.proxies())
+
+    # -- pairing ----------------------------------------------------------------
+
+    def _add_front(self, ref: ExchangeRef) -> None:
+        tx = _Tx(ref)
+        self._where[ref.key] = tx
+        for key in _front_keys(ref):
+            for back in self._take_backs(key, ref):
+                self._attach(tx, back, "request id" if key[0] == "id" else "x-forwarded-for")
+        for key in _front_keys(ref):
+            self._fronts.setdefault(key, []).append(tx)
+        wait = self.window_ns if ref.interesting else self.settle_ns
+        self._push(ref.last_ns + wait, tx)
+
+    def _take_backs(self, key: tuple, front: ExchangeRef) -> list[ExchangeRef]:
+        waiting = self._backs.get(key, [])
+        matches = [b for b in waiting if causal(front, b, self.window_ns)]
+        answered = [b for b in matches if b.answered]
+        if len(answered) > 1:  # same client, same URI, overlapping: keep the closest in time
+            best = min(answered, key=lambda b: b.start_ns - front.start_ns)
+            matches = [b for b in matches if not b.answered or b is best]
+        for b in matches:
+            self._unindex_back(b)
+        return matches
+
+    def _add_back(self, ref: ExchangeRef) -> None:
+        for key in _back_keys(ref):
+            tx = self._best_front(key, ref)
+            if tx is not None:
+                self._attach(tx, ref, "request id" if key[0] == "id" else "x-forwarded-for")
+                return
+        self._where[ref.key] = None
+        for key in _back_keys(ref):
+            self._backs.setdefault(key, []).append(ref)
+        self._push(ref.last_ns + self.window_ns, ref)
+
+    def _best_front(self, key: tuple, back: ExchangeRef) -> _Tx | None:
+        def free(tx: _Tx) -> bool:  # one answered back per front; failed tries may precede it
+            return not tx.done and not (back.answered and any(b.answered for b in tx.backs))
+
+        candidates = [tx for tx in self._fronts.get(key, ()) if free(tx) and causal(tx.front, back, self.window_ns)]
+        return min(candidates, key=lambda tx: back.start_ns - tx.front.start_ns, default=None)
+
+    def _attach(self, tx: _Tx, back: ExchangeRef, how: str) -> None:
+        tx.backs.append(back)
+        tx.paired_by = tx.paired_by or how
+        self._where[back.key] = tx
+        if tx.front is not None:
+            self.roles.learn(tx.front, back)
+
+    def _unindex_back(self, back: ExchangeRef) -> None:
+        for key in _back_keys(back):
+            waiting = self._backs.get(key)
+            if waiting and back in waiting:
+                waiting.remove(back)
+                if not waiting:
+                    del self._backs[key]
+
+    # -- expiry ------------------------------------------------------------------
+
+    def _push(self, deadline: int, item: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (deadline, self._seq, item))
+
+    def _expire(self, item: object) -> None:
+        if isinstance(item, _Tx):
+            self._unindex_front(item)
+            self._close(item)
+        elif self._where.get(item.key, 0) is None:  # a back nobody claimed
+            self._unindex_back(item)
+            self._close(_Tx(None, [item]))
+
+    def _unindex_front(self, tx: _Tx) -> None:
+        for key in _front_keys(tx.front):
+            waiting = self._fronts.get(key)
+            if waiting and tx in waiting:
+                waiting.remove(tx)
+                if not waiting:
+                    del self._fronts[key]
+
+    def _close(self, tx: _Tx) -> None:
+        """The transaction can change no more: count it, and keep it if it is interesting."""
+        tx.done = True
+        self._count(tx)
+        refs = ([tx.front] if tx.front else []) + tx.backs
+        if any(r.interesting or r.key in self._cuts for r in refs):
+            self._kept.append(tx)
+            for r in refs:
+                self._where[r.key] = tx
+            return
+        self._counts["healthy_dropped"] += 1
+        for r in refs:
+            self._where.pop(r.key, None)
+
+    def _count(self, tx: _Tx) -> None:
+        c = self._counts
+        c["transactions"] += 1
+        if tx.front is None:
+            c["unpaired_back"] += 1
+        elif not tx.backs:
+            c["unpaired_front"] += 1
+        else:
+            c["paired"] += 1
+            c["retried"] += len(tx.backs) > 1
+
+    def _freeze(self, tx: _Tx) -> Transaction:
+        def leg(ref: ExchangeRef) -> Leg:
+            return Leg(ref, self._cuts.get(ref.key))
+
+        backs = tuple(leg(b) for b in sorted(tx.backs, key=lambda b: b.start_ns))
+        return Transaction(leg(tx.front) if tx.front else None, backs, tx.paired_by)
+
+
+def _tx_start(tx: _Tx) -> int:
+    return (tx.front or tx.backs[0]).start_ns

@@ -1,0 +1,402 @@
+"""Diagnosis: the pipeline Sink that pairs, detects, infers timers and gives a verdict.
+
+Theory of operation
+-------------------
+``Diagnosis`` receives every exchange as it ends and every connection as it
+closes (exchanges of a connection always come first). Per *open* connection it
+keeps only the time of its last HTTP data, its last exchange and its failing
+ones. When the connection closes it learns whether an exchange was cut (the
+first FIN/RST came before the response ended), hands that to the correlator,
+runs the connection detectors (idle closes, keep-alive closes, probes, maximum
+age) and records timer observations. Healthy transactions are counted and
+dropped by the correlator, so memory follows open connections and the pairing
+window, not the capture's length; findings of one kind beyond
+``keep_per_kind`` are counted, not kept.
+
+``finish()`` clusters the timer observations, classifies the kept transactions
+(a target FIN is a keep-alive race or a reset depending on the target's
+keep-alive timeout), and writes the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .correlate import (
+    SEC,
+    Correlator,
+    Counts,
+    Cut,
+    ExchangeRef,
+    Proxy,
+    Roles,
+    Transaction,
+    host_of,
+    ref_of,
+    split_flow,
+)
+from .detect import (
+    CONNECTION_DETECTORS,
+    KINDS,
+    MIN_IDLE_NS,
+    TRANSACTION_DETECTORS,
+    ConnectionEnd,
+    Finding,
+    Timer,
+    TimerBook,
+)
+from .model import ORIG, RESP, Connection, Exchange
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosisResult:
+    proxies: tuple[Proxy, ...]
+    transactions: tuple[Transaction, ...]
+    """Only failing or unpaired-and-interesting ones; healthy ones are counted in ``counts``."""
+    findings: tuple[Finding, ...]
+    finding_counts: tuple[tuple[str, int], ...]
+    """Every finding per kind, including those not kept beyond ``keep_per_kind``."""
+    timers: tuple[Timer, ...]
+    verdict: tuple[str, ...]
+    counts: Counts
+
+
+class _Activity:
+    """What an open connection's exchanges said, until the connection closes."""
+
+    __slots__ = ("last_http_ns", "last", "failing", "side")
+
+    def __init__(self) -> None:
+        self.last_http_ns: int | None = None
+        self.last: tuple[ExchangeRef, int | None] | None = None  # (exchange, HTTP data before it)
+        self.failing: list[tuple[ExchangeRef, int | None]] = []
+        self.side = "front"
+
+
+MAX_FAILING_PER_CONN = 8
+
+
+class Diagnosis:
+    """A pipeline Sink. ``proxies``: proxy addresses; ``listeners``: client-facing ports."""
+
+    def __init__(self, proxies: tuple[str, ...] = (), listeners: tuple[int, ...] = (),
+                 keep_per_kind: int = 200) -> None:
+        self.roles = Roles(tuple(proxies), tuple(listeners))
+        self.correlator = Correlator(self.roles)
+        self.keep_per_kind = keep_per_kind
+        self.timers = TimerBook()
+        self._open: dict[int, _Activity] = {}
+        self._findings: list[Finding] = []
+        self._kinds: Counter[str] = Counter()
+        self._now = 0
+
+    # -- Sink ---------------------------------------------------------------------
+
+    def exchange(self, exchange: Exchange, flow: str) -> None:
+        ref = ref_of(exchange, flow)
+        side = self.correlator.add(ref)
+        act = self._open.setdefault(exchange.conn_id, _Activity())
+        if side == "back":
+            act.side = "back"
+        entry = (ref, act.last_http_ns)
+        if ref.interesting and len(act.failing) < MAX_FAILING_PER_CONN:
+            act.failing.append(entry)
+        act.last = entry
+        act.last_http_ns = max(act.last_http_ns or 0, ref.last_ns)
+        self._advance(ref.last_ns)
+
+    def connection(self, conn: Connection) -> None:
+        act = self._open.pop(conn.id, None) or _Activity()
+        side = self._conn_side(conn, act)
+        outstanding = self._cut(conn, act)
+        end = ConnectionEnd(conn, "client" if side == "front" else "target", act.last_http_ns,
+                            act.last[0] if act.last else None, outstanding)
+        found = [f for f in (d(end) for d in CONNECTION_DETECTORS) if f is not None]
+        for f in found:
+            self._add(f)
+        self._observe(end, {f.kind for f in found})
+        self._advance(conn.end_ns)
+
+    def finish(self) -> DiagnosisResult:
+        correlation = self.correlator.finish()
+        timers = self.timers.renamed(self._subject)
+        tx_findings = [f for tx in correlation.transactions for f in _detect(tx, timers)]
+        for f in tx_findings:
+            self._add(f)
+        _observe_transactions(tx_findings, correlation.transactions, timers)
+        findings = tuple(sorted(self._findings, key=lambda f: f.ts_ns))
+        return DiagnosisResult(
+            proxies=correlation.proxies, transactions=correlation.transactions, findings=findings,
+            finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
+            verdict=verdict(timers, self._kinds, correlation, self.roles), counts=correlation.counts,
+        )
+
+    # -- connections ---------------------------------------------------------------
+
+    def _conn_side(self, conn: Connection, act: _Activity) -> str:
+        opener, acceptor = split_flow(conn.flow)
+        return self.roles.conn_side(opener, acceptor) or act.side
+
+    def _cut(self, conn: Connection, act: _Activity) -> bool:
+        """Tell the correlator which exchanges the first FIN/RST cut; True if any."""
+        close = conn.first_close
+        if close is None:
+            return False
+        entries = {ref.key: (ref, before) for ref, before in act.failing}
+        if act.last:
+            entries[act.last[0].key] = act.last
+        cut_any = False
+        for ref, before in entries.values():
+            if ref.request_start_ns is None or (ref.response_end_ns is not None and ref.response_end_ns <= close.ts_ns):
+                continue
+            since = conn.start_ns if before is None else before
+            by = "opener" if close.by == ORIG else "acceptor"
+            self.correlator.cut(ref.key, Cut(by, close, conn.rst, ref.request_start_ns - since))
+            cut_any = True
+        return cut_any
+
+    def _observe(self, end: ConnectionEnd, kinds: set[str]) -> None:
+        """Timer observations from one closed connection."""
+        quiet = end.quiet_close()
+        opener, acceptor = split_flow(end.conn.flow)
+        proxy_key = acceptor if end.side == "client" else host_of(opener)
+        if quiet is not None and quiet.by == end.proxy_direction:
+            self.timers.observe("proxy_idle_timeout", proxy_key, end.idle_ns)
+            self.correlator.widen(end.idle_ns + 10 * SEC)
+        elif quiet is not None and end.side == "target" and quiet.by == RESP:
+            self.timers.observe("target_keepalive_timeout", acceptor, end.idle_ns)
+        if "client_keepalive_expiry" in kinds and end.conn.syn_seen:
+            # the age of the request that got Connection: close: the duration is at most this
+            self.timers.observe("client_keepalive_duration", proxy_key, end.last.start_ns - end.conn.start_ns)
+
+    def _subject(self, name: str, raw: str) -> str:
+        if name.startswith("proxy_") or name == "client_keepalive_duration":
+            return self.roles.name_of(raw)
+        return raw
+
+    # -- findings --------------------------------------------------------------------
+
+    def _add(self, finding: Finding | None) -> None:
+        if finding is None:
+            return
+        self._kinds[finding.kind] += 1
+        if self._kinds[finding.kind] <= self.keep_per_kind:
+            self._findings.append(finding)
+
+    def _advance(self, ts_ns: int) -> None:
+        if ts_ns > self._now:
+            self._now = ts_ns
+            self.correlator.advance(ts_ns)
+
+
+def _detect(tx: Transaction, timers: TimerBook) -> list[Finding]:
+    found = [d(tx, timers) for d in TRANSACTION_DETECTORS]
+    return [f for f in found if f is not None]
+
+
+def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...], timers: TimerBook) -> None:
+    """Response timeouts: the proxy's (504s) and the clients' (aborts), from when they gave up."""
+    by_key = {leg.exchange.key: tx for tx in txs for leg in ([tx.front] if tx.front else []) + list(tx.backs)}
+    for f in findings:
+        tx = by_key.get(f.exchange)
+        if tx is None:
+            continue
+        leg = tx.front if f.side == "client" and tx.front else (tx.backs[-1] if tx.backs else tx.front)
+        ex = leg.exchange
+        waited = f.ts_ns - (ex.request_end_ns or ex.start_ns)
+        if f.kind == "gateway_timeout" and waited >= MIN_IDLE_NS:
+            proxy = host_of(ex.opener) if leg is not tx.front else ex.acceptor
+            timers.observe("proxy_response_timeout", proxy, waited)
+        elif f.kind == "client_abort" and tx.front is not None and leg is tx.front:
+            timers.observe("client_response_timeout", host_of(ex.opener), waited)
+
+
+# -- verdict --------------------------------------------------------------------------------
+
+
+def verdict(timers: TimerBook, kinds: Counter[str], correlation, roles: Roles) -> tuple[str, ...]:
+    lines = _alignment_lines(timers, roles) + _kind_lines(kinds, timers)
+    if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort")):
+        c = correlation.counts
+        lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
+                     "client <-> target)")
+    return tuple(lines)
+
+
+def _alignment_lines(timers: TimerBook, roles: Roles) -> list[str]:
+    lines = []
+    for t in timers.timers():
+        if t.name != "target_keepalive_timeout":
+            continue
+        proxy = roles.proxy_for_target(t.subject)
+        idle = (timers.value("proxy_idle_timeout", proxy) if proxy else None) or timers.any_value("proxy_idle_timeout")
+        lines.append(_keepalive_line(t, idle))
+    return lines
+
+
+def _keepalive_line(t: Timer, idle: float | None) -> str:
+    head = f"target {t.subject} closes idle connections after {t.seconds:.1f} s ({t.observations} seen)"
+    if idle is None:
+        return (f"{head}; if the proxy's idle timeout is longer (ALB default 60 s), expect 502s; set the "
+                "target's keep-alive timeout above the proxy's idle timeout")
+    if t.seconds <= idle:
+        return (f"{head}, the proxy keeps them {idle:.1f} s: expect 502s; set the target's keep-alive timeout "
+                f"above the proxy's idle timeout ({_fmt(idle + 1)}-{_fmt(idle + 2)} s)")
+    return f"{head}, longer than the proxy's idle timeout ({idle:.1f} s): aligned"
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds == int(seconds) else f"{seconds:.1f}"
+
+
+_KIND_LINES = {
+    "keepalive_race": "{n} request(s) crossed a target's keep-alive FIN (502, silent close or hidden retry)",
+    "target_reset": "{n} request(s) were dropped by the target (FIN/RST with the request outstanding): 502",
+    "gateway_timeout": "{n} request(s) timed out waiting for the target: 504{timer}",
+    "client_abort": "{n} request(s) were abandoned by their clients before the response (460/499){timer}",
+    "tcp_keepalive_ignored": "{n} connection(s) were closed idle although TCP keep-alive probes flowed: "
+                             "probes do not reset HTTP idle timers",
+    "client_keepalive_expiry": "{n} client connection(s) were closed at their maximum age with Connection: "
+                               "close{timer}",
+    "idle_timeout_close": "{n} idle connection(s) were closed by the proxy{timer}",
+}
+_KIND_TIMER = {
+    "gateway_timeout": ("proxy_response_timeout", "; the proxy gives up after {s:.1f} s"),
+    "client_abort": ("client_response_timeout", "; clients give up after {s:.1f} s"),
+    "client_keepalive_expiry": ("client_keepalive_duration", " (client keep-alive duration about {s:.1f} s)"),
+    "idle_timeout_close": ("proxy_idle_timeout", " after {s:.1f} s idle"),
+}
+
+
+def _kind_lines(kinds: Counter[str], timers: TimerBook) -> list[str]:
+    lines = []
+    for kind, template in _KIND_LINES.items():
+        if kinds[kind]:
+            name, text = _KIND_TIMER.get(kind, ("", ""))
+            value = timers.any_value(name) if name else None
+            lines.append(template.format(n=kinds[kind], timer=text.format(s=value) if value else ""))
+    return lines
+
+
+# -- JSON ------------------------------------------------------------------------------------
+
+
+def _sec(ns: int | None) -> float | None:
+    return None if ns is None else round(ns / SEC, 6)
+
+
+def finding_dict(f: Finding) -> dict:
+    return {
+        "kind": f.kind, "severity": f.severity, "ts": _sec(f.ts_ns), "side": f.side,
+        "client_flow": f.client_flow, "target_flow": f.target_flow, "status": f.status,
+        "summary": f.summary,
+        "evidence": [{"frame": e.frame, "ts": _sec(e.ts_ns), "what": e.what} for e in f.evidence],
+        "recommendation": f.recommendation,
+    }
+
+
+def exchange_ref_dict(ref: ExchangeRef) -> dict:
+    return {"flow": ref.flow, "index": ref.index, "method": ref.method, "uri": ref.uri, "status": ref.status,
+            "ended": ref.ended, "request_start": _sec(ref.request_start_ns), "request_frame": ref.request_frame,
+            "response_start": _sec(ref.response_start_ns), "response_frame": ref.response_frame}
+
+
+def transaction_dict(tx: Transaction) -> dict:
+    def leg(leg_) -> dict:
+        d = exchange_ref_dict(leg_.exchange)
+        cut = leg_.cut
+        d["cut"] = None if cut is None else {"by": cut.by, "how": cut.close.how, "ts": _sec(cut.close.ts_ns),
+                                             "frame": cut.close.frame, "idle_before": _sec(cut.idle_before_ns)}
+        return d
+
+    return {"client": leg(tx.front) if tx.front else None, "targets": [leg(b) for b in tx.backs],
+            "paired_by": tx.paired_by}
+
+
+def timer_dict(t: Timer) -> dict:
+    return {"name": t.name, "subject": t.subject, "seconds": t.seconds, "observations": t.observations,
+            "total": t.total, "low": t.low, "high": t.high}
+
+
+def proxy_dict(p: Proxy) -> dict:
+    return {"name": p.name, "listeners": list(p.listeners), "back_addresses": list(p.back_addresses),
+            "targets": list(p.targets), "paired": p.paired, "found_by": p.found_by}
+
+
+def result_dict(r: DiagnosisResult) -> dict:
+    """The diagnosis part of ``analyze --json``: merge into the document's top level."""
+    c = r.counts
+    return {
+        "proxies": [proxy_dict(p) for p in r.proxies],
+        "timers": [timer_dict(t) for t in r.timers],
+        "verdict": list(r.verdict),
+        "findings": [finding_dict(f) for f in r.findings],
+        "finding_counts": dict(r.finding_counts),
+        "transactions": [transaction_dict(tx) for tx in r.transactions],
+        "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),
+                               "healthy_not_kept": c.healthy_dropped, "unpaired_client": c.unpaired_front,
+                               "unpaired_target": c.unpaired_back, "retried": c.retried},
+    }
+
+
+# -- scoring against a lab run's expected findings ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    expected: int
+    found: int
+    matched: int
+    missed: tuple[dict, ...]
+    """Expected findings nothing matched."""
+    extra: tuple[dict, ...]
+    """Our findings that matched nothing expected."""
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.found if self.found else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.expected if self.expected else 1.0
+
+
+def score(result: DiagnosisResult, expected: dict | str | Path) -> Score:
+    """Compare findings with an ``*.expected.json`` (a dict, or its path).
+
+    An expected finding matches one of ours of the same kind when every field it
+    gives among side, status, client_flow, target_flow agrees and ts is within
+    its ``ts_tolerance`` (else the document's, else 1 s). Each of ours matches
+    at most one. Only kinds the expected file lists (``kinds``, else those of its
+    findings) count towards precision, so a lab run that does not judge idle
+    closes is not penalised for them.
+    """
+    doc = expected if isinstance(expected, dict) else json.loads(Path(expected).read_text())
+    wanted = list(doc.get("findings", []))
+    judged = set(doc.get("kinds") or KINDS)
+    ours = [finding_dict(f) for f in result.findings if f.kind in judged]
+    default_tol = float(doc.get("ts_tolerance_s", 1.0))
+    unused = list(range(len(ours)))
+    missed = []
+    for w in wanted:
+        hit = next((i for i in unused if _matches(w, ours[i], default_tol)), None)
+        if hit is None:
+            missed.append(w)
+        else:
+            unused.remove(hit)
+    matched = len(wanted) - len(missed)
+    return Score(len(wanted), len(ours), matched, tuple(missed), tuple(ours[i] for i in unused))
+
+
+def _matches(want: dict, got: dict, default_tol: float) -> bool:
+    if want["kind"] != got["kind"]:
+        return False
+    for name in ("side", "status", "client_flow", "target_flow"):
+        if name in want and want[name] is not None and want[name] != got[name]:
+            return False
+    if want.get("ts") is None:
+        return True
+    return abs(want["ts"] - got["ts"]) <= float(want.get("ts_tolerance_s", default_tol))
