@@ -23,8 +23,6 @@ class Conn:
     fin: dict[str, float] = field(default_factory=dict)
     """First FIN time per sender (ip:port)."""
     rst: dict[str, float] = field(default_factory=dict)
-    data: dict[str, list[float]] = field(default_factory=dict)
-    """Times of segments carrying payload, per sender."""
     keepalive_probes: dict[str, int] = field(default_factory=dict)
     _next_seq: dict[str, int] = field(default_factory=dict)
 
@@ -79,8 +77,6 @@ def _account(conns: dict[frozenset[str], Conn], done: list[Conn], ts: float, src
     if _is_keepalive_probe(conn, src, tcp):
         conn.keepalive_probes[src] = conn.keepalive_probes.get(src, 0) + 1
     else:
-        if tcp.data:
-            conn.data.setdefault(src, []).append(ts)
         syn_fin = 1 if tcp.flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN) else 0
         conn._next_seq[src] = (tcp.seq + len(tcp.data) + syn_fin) & 0xFFFFFFFF
     if tcp.flags & dpkt.tcp.TH_FIN:
