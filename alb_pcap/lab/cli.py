@@ -8,6 +8,7 @@ import click
 
 from .netns import LabError, check_requirements
 from .proxies import PROXIES
+from .craft import CRAFTED
 from .scenarios import SCENARIOS, Scenario, find
 
 
@@ -38,6 +39,10 @@ def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, keep_logs
         return
     if scenario is None:
         raise click.UsageError("give a SCENARIO (see --list) or `all`")
+    if scenario in CRAFTED or scenario == "all":
+        _craft(CRAFTED if scenario == "all" else [scenario], out)
+        if scenario != "all":
+            return
     chosen = SCENARIOS if scenario == "all" else [_find(scenario)]
     try:
         check_requirements()
@@ -46,6 +51,14 @@ def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, keep_logs
                 _run(sc, proxy, out, keep_logs, explicit=bool(proxy_names) and scenario != "all")
     except LabError as e:
         raise click.ClickException(str(e)) from e
+
+
+def _craft(names, out: Path) -> None:
+    """The seed article's ALB examples, crafted packet by packet: no root, no namespaces."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        paths = CRAFTED[name](out)
+        click.echo("  ".join(str(p) for p in paths))
 
 
 def _find(name: str) -> Scenario:
@@ -59,6 +72,8 @@ def _list() -> None:
     for sc in SCENARIOS:
         skipped = "".join(f"  [no {p}: {why}]" for p, why in sc.unsupported.items())
         click.echo(f"{sc.number:2d} {sc.name:26s} {sc.description}{skipped}")
+    for name in CRAFTED:
+        click.echo(f"   {name:26s} crafted replay of the seed article's ALB capture (no root needed)")
 
 
 def _run(sc: Scenario, proxy: str, out: Path, keep_logs: bool, explicit: bool) -> None:
