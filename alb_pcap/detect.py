@@ -75,8 +75,8 @@ class Finding:
 @dataclass(frozen=True, slots=True)
 class Timer:
     name: str
-    """proxy_idle_timeout, target_keepalive_timeout, client_keepalive_duration,
-    client_response_timeout, proxy_response_timeout."""
+    """proxy_idle_timeout (client connections), proxy_target_idle_timeout, target_keepalive_timeout,
+    client_keepalive_duration, client_response_timeout, proxy_response_timeout."""
     subject: str
     """The proxy's name, a target ip:port or a client address."""
     seconds: float
@@ -127,8 +127,9 @@ class Clusterer:
         self.total += other.total - sum(c.n for c in other.clusters)
 
     def dominant(self) -> _Cluster | None:
-        # most observations; on a tie, the shortest (HAProxy's pool purge only lengthens idle closes)
-        return min(self.clusters, key=lambda c: (-c.n, c.mean), default=None)
+        # most observations; on a tie the longest: a timer never fires before its setting, while
+        # other causes close early (HAProxy's pool purge closes idle target connections in waves)
+        return max(self.clusters, key=lambda c: (c.n, c.mean), default=None)
 
 
 class TimerBook:
@@ -157,11 +158,18 @@ class TimerBook:
         best = [b for b in best if b is not None]
         return max(best, key=lambda b: b.n).mean if best else None
 
+    def longest(self, name: str) -> tuple[float, int] | None:
+        """(longest value, observations) over all subjects."""
+        found = [c for (n, _), c in self.book.items() if n == name and c.clusters]
+        if not found:
+            return None
+        return max(cl.hi for c in found for cl in c.clusters), sum(c.total for c in found)
+
     def timers(self) -> tuple[Timer, ...]:
         out = []
         for (name, subject), c in sorted(self.book.items()):
             best = c.dominant()
-            if best is not None:
+            if best is not None and not name.startswith("_"):  # "_" names are working notes
                 out.append(Timer(name, subject, round(best.mean, 3), best.n, c.total,
                                  round(best.lo, 3), round(best.hi, 3)))
         return tuple(out)
@@ -354,11 +362,16 @@ def _s(ns: int | None) -> str:
 
 
 def _target_closed(leg: Leg) -> bool:
-    return leg.cut is not None and leg.cut.by == "acceptor" and not leg.exchange.answered
+    # a cut is a close before the response's end: from the target, the response is lost
+    return leg.cut is not None and leg.cut.by == "acceptor"
 
 
 def _proxy_gave_up(leg: Leg) -> bool:
-    return leg.cut is not None and leg.cut.by == "opener" and not leg.exchange.answered
+    """The proxy closed before the response started (a slow target may still answer into the close)."""
+    if leg.cut is None or leg.cut.by != "opener":
+        return False
+    started = leg.exchange.response_start_ns
+    return started is None or started > leg.cut.close.ts_ns
 
 
 def is_race(leg: Leg, timers: TimerBook) -> bool:
@@ -419,10 +432,10 @@ def keepalive_race(tx: Transaction, timers: TimerBook) -> Finding | None:
         return _front_only_finding(tx, "keepalive_race") if _front_only(tx) == "keepalive_race" else None
     cut, ex = leg.cut, leg.exchange
     order = "before" if cut.close.ts_ns <= (ex.request_start_ns or 0) else "after"
-    lag = abs(cut.close.ts_ns - (ex.request_start_ns or 0)) / SEC
+    lag_ms = abs(cut.close.ts_ns - (ex.request_start_ns or 0)) / 1e6
     summary = (f"The proxy sent {ex.method} {ex.uri} to target {ex.acceptor} in frame {ex.request_frame} on a "
                f"connection idle for {cut.idle_before_ns / SEC:.2f} s; the target's {cut.close.how.upper()} "
-               f"(frame {cut.close.frame}) came {lag:.3f} s {order} it, from its keep-alive timer, so the "
+               f"(frame {cut.close.frame}) came {lag_ms:.1f} ms {order} it, from its keep-alive timer, so the "
                f"request was never processed and {_client_got(tx)}.")
     return _back_finding("keepalive_race", tx, leg, cut.close.ts_ns, summary,
                          "Set the target's keep-alive timeout above the proxy's idle timeout (ALB 60 s -> "
@@ -520,9 +533,31 @@ def _timed_out(leg: Leg, timers: TimerBook) -> bool:
     ex, cut = leg.exchange, leg.cut
     waited = (cut.close.ts_ns - (ex.request_end_ns or ex.start_ns)) / SEC
     proxy = host_of(ex.opener)
-    limits = [timers.value(n, proxy) or timers.any_value(n) for n in ("proxy_response_timeout", "proxy_idle_timeout")]
+    limits = [timers.value(n, proxy) or timers.any_value(n) for n in PROXY_WAIT_TIMERS]
     limits = [t for t in limits if t is not None]
-    return any(near(waited, t) for t in limits) if limits else waited >= 1.0
+    if not limits:
+        return _longest_wait(waited, timers)
+    # an idle close seen on the target side alone may be early (HAProxy's pool purge): at or past
+    # the longest timer is a timeout too
+    return any(near(waited, t) for t in limits) or waited >= max(limits)
+
+
+PROXY_WAIT_TIMERS = ("proxy_response_timeout", "proxy_idle_timeout", "proxy_target_idle_timeout")
+
+
+def _longest_wait(waited: float, timers: TimerBook) -> bool:
+    """No timer known: of several give-ups, the longest are timeouts and shorter ones clients leaving."""
+    longest = timers.longest("_proxy_gave_up")
+    if longest is None or longest[1] < 2:
+        return waited >= 1.0  # a client gives up sooner, usually; nothing better to go on
+    return near(waited, longest[0])
+
+
+def gave_up_after(leg: Leg) -> float | None:
+    """Seconds the proxy waited for a response before closing the target connection, if it did."""
+    if not _proxy_gave_up(leg):
+        return None
+    return (leg.cut.close.ts_ns - (leg.exchange.request_end_ns or leg.exchange.start_ns)) / SEC
 
 
 def _client_got(tx: Transaction) -> str:

@@ -47,6 +47,7 @@ from .detect import (
     Finding,
     Timer,
     TimerBook,
+    gave_up_after,
 )
 from .model import ORIG, RESP, Connection, Exchange
 
@@ -123,6 +124,7 @@ class Diagnosis:
     def finish(self) -> DiagnosisResult:
         correlation = self.correlator.finish()
         timers = self.timers.renamed(self._subject)
+        _observe_give_ups(correlation.transactions, timers)
         tx_findings = [f for tx in correlation.transactions for f in _detect(tx, timers)]
         for f in tx_findings:
             self._add(f)
@@ -164,7 +166,8 @@ class Diagnosis:
         opener, acceptor = split_flow(end.conn.flow)
         proxy_key = acceptor if end.side == "client" else host_of(opener)
         if quiet is not None and quiet.by == end.proxy_direction:
-            self.timers.observe("proxy_idle_timeout", proxy_key, end.idle_ns)
+            name = "proxy_idle_timeout" if end.side == "client" else "proxy_target_idle_timeout"
+            self.timers.observe(name, proxy_key, end.idle_ns)
             self.correlator.widen(end.idle_ns + 10 * SEC)
         elif quiet is not None and end.side == "target" and quiet.by == RESP:
             self.timers.observe("target_keepalive_timeout", acceptor, end.idle_ns)
@@ -197,6 +200,15 @@ def _detect(tx: Transaction, timers: TimerBook) -> list[Finding]:
     return [f for f in found if f is not None]
 
 
+def _observe_give_ups(txs: tuple[Transaction, ...], timers: TimerBook) -> None:
+    """Target-side-only waits before the proxy closed: the longest tell its timeout from client aborts."""
+    for tx in txs:
+        for leg in tx.backs if tx.front is None else ():
+            waited = gave_up_after(leg)
+            if waited is not None:
+                timers.observe("_proxy_gave_up", host_of(leg.exchange.opener), int(waited * SEC))
+
+
 def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...], timers: TimerBook) -> None:
     """Response timeouts: the proxy's (504s) and the clients' (aborts), from when they gave up."""
     by_key = {leg.exchange.key: tx for tx in txs for leg in ([tx.front] if tx.front else []) + list(tx.backs)}
@@ -212,13 +224,17 @@ def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...],
             timers.observe("proxy_response_timeout", proxy, waited)
         elif f.kind == "client_abort" and tx.front is not None and leg is tx.front:
             timers.observe("client_response_timeout", host_of(ex.opener), waited)
+        elif f.kind == "keepalive_race" and leg.cut is not None and leg is not tx.front:
+            # the race is the target's keep-alive timer firing: measured from the HTTP data before it
+            idle_at_close = leg.cut.close.ts_ns - (ex.start_ns - leg.cut.idle_before_ns)
+            timers.observe("target_keepalive_timeout", ex.acceptor, idle_at_close)
 
 
 # -- verdict --------------------------------------------------------------------------------
 
 
 def verdict(timers: TimerBook, kinds: Counter[str], correlation, roles: Roles) -> tuple[str, ...]:
-    lines = _alignment_lines(timers, roles) + _kind_lines(kinds, timers)
+    lines = _alignment_lines(timers, roles, kinds["keepalive_race"]) + _kind_lines(kinds, timers)
     if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort")):
         c = correlation.counts
         lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
@@ -226,19 +242,27 @@ def verdict(timers: TimerBook, kinds: Counter[str], correlation, roles: Roles) -
     return tuple(lines)
 
 
-def _alignment_lines(timers: TimerBook, roles: Roles) -> list[str]:
+def _alignment_lines(timers: TimerBook, roles: Roles, races: int) -> list[str]:
     lines = []
     for t in timers.timers():
         if t.name != "target_keepalive_timeout":
             continue
-        proxy = roles.proxy_for_target(t.subject)
-        idle = (timers.value("proxy_idle_timeout", proxy) if proxy else None) or timers.any_value("proxy_idle_timeout")
-        lines.append(_keepalive_line(t, idle))
+        lines.append(_keepalive_line(t, _proxy_idle(timers, roles.proxy_for_target(t.subject)), races))
     return lines
 
 
-def _keepalive_line(t: Timer, idle: float | None) -> str:
+def _proxy_idle(timers: TimerBook, proxy: str | None) -> float | None:
+    """How long the proxy keeps idle connections: the longer of what its two sides show."""
+    values = [timers.value(n, proxy) if proxy else timers.any_value(n)
+              for n in ("proxy_idle_timeout", "proxy_target_idle_timeout")]
+    return max((v for v in values if v is not None), default=None)
+
+
+def _keepalive_line(t: Timer, idle: float | None, races: int) -> str:
     head = f"target {t.subject} closes idle connections after {t.seconds:.1f} s ({t.observations} seen)"
+    if idle is None and races:
+        return (f"{head}, the proxy kept them longer ({races} race(s) seen): expect 502s; set the target's "
+                "keep-alive timeout above the proxy's idle timeout (ALB default 60 s -> 61-62 s)")
     if idle is None:
         return (f"{head}; if the proxy's idle timeout is longer (ALB default 60 s), expect 502s; set the "
                 "target's keep-alive timeout above the proxy's idle timeout")
@@ -266,7 +290,7 @@ _KIND_LINES = {
 _KIND_TIMER = {
     "gateway_timeout": ("proxy_response_timeout", "; the proxy gives up after {s:.1f} s"),
     "client_abort": ("client_response_timeout", "; clients give up after {s:.1f} s"),
-    "client_keepalive_expiry": ("client_keepalive_duration", " (client keep-alive duration about {s:.1f} s)"),
+    "client_keepalive_expiry": ("client_keepalive_duration", " (client keep-alive duration at most {s:.1f} s)"),
     "idle_timeout_close": ("proxy_idle_timeout", " after {s:.1f} s idle"),
 }
 
