@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from alb_pcap.correlate import SEC, Correlator, Cut, Roles, host_of, ref_of, split_flow
+
+from .diag_builders import CLIENT_FLOW, TARGET_FLOW, back_exchange, close, make_exchange, ns
+
+OTHER_CLIENT_FLOW = "198.18.0.11:40001->198.18.1.10:80"
+
+
+def correlator(**kw) -> Correlator:
+    return Correlator(Roles(**kw))
+
+
+def test_flow_parts_ipv4_and_ipv6():
+    assert split_flow("1.2.3.4:5->6.7.8.9:80") == ("1.2.3.4:5", "6.7.8.9:80")
+    assert host_of("[2001:db8::1]:80") == "2001:db8::1"
+    assert host_of("1.2.3.4:80") == "1.2.3.4"
+
+
+def test_ref_reads_forwarding_headers():
+    ref = ref_of(back_exchange(client="198.18.0.10:1", trace="1-5f0-abc"), TARGET_FLOW)
+    assert ref.forwarded_for == "198.18.0.10"
+    assert ref.forwarded_port == 80
+    assert ref.request_ids == ("1-5f0-abc",)  # Root= only: the ALB adds Self=
+
+
+def test_ref_xff_last_hop_and_close():
+    ex = make_exchange(headers={"X-Forwarded-For": "10.0.0.1, 198.18.0.10", "Connection": "close"})
+    ref = ref_of(ex, TARGET_FLOW)
+    assert ref.forwarded_for == "198.18.0.10"
+    assert ref.request_close
+
+
+def test_http10_without_keepalive_asks_close():
+    assert ref_of(make_exchange(version="HTTP/1.0"), CLIENT_FLOW).request_close
+
+
+def test_side_from_xff_before_any_pair():
+    roles = Roles()
+    assert roles.side(ref_of(back_exchange(), TARGET_FLOW)) == "back"
+    assert roles.side(ref_of(make_exchange(), CLIENT_FLOW)) == "front"
+
+
+def test_configured_proxy_and_listener_override():
+    roles = Roles(proxies=("198.18.2.10",), listeners=(80,))
+    assert roles.conn_side("198.18.2.10:5", "198.18.3.11:8080") == "back"
+    assert roles.conn_side("198.18.0.10:5", "198.18.1.10:80") == "front"
+
+
+def test_back_first_then_front_pairs_and_learns_roles():
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=2, start=0.001, status=None, ended="rst"), TARGET_FLOW))
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, status=502), CLIENT_FLOW))
+    result = c.finish()
+    (tx,) = result.transactions
+    assert tx.front.exchange.status == 502 and len(tx.backs) == 1
+    assert tx.paired_by == "x-forwarded-for"
+    (proxy,) = result.proxies
+    assert proxy.listeners == ("198.18.1.10:80",) and proxy.back_addresses == ("198.18.2.10",)
+    assert proxy.targets == ("198.18.3.11:8080",)
+
+
+def test_front_first_then_back_pairs():
+    c = correlator()
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, status=504, duration=60), CLIENT_FLOW))
+    c.add(ref_of(back_exchange(conn_id=2, start=0.001, status=None, ended="fin"), TARGET_FLOW))
+    (tx,) = c.finish().transactions
+    assert [b.exchange.conn_id for b in tx.backs] == [2]
+
+
+def test_request_id_pairs_even_when_uri_is_rewritten():
+    c = correlator()
+    front = make_exchange(conn_id=1, status=502, headers={"X-Request-Id": "r-1"})
+    back = make_exchange(conn_id=2, uri="/rewritten", start=0.001, status=None, ended="rst",
+                         headers={"X-Request-Id": "r-1", "X-Forwarded-For": "198.18.0.10"})
+    c.add(ref_of(back, TARGET_FLOW))
+    c.add(ref_of(front, CLIENT_FLOW))
+    (tx,) = c.finish().transactions
+    assert tx.paired_by == "request id" and tx.backs
+
+
+def test_retry_gives_one_front_two_backs():
+    # nginx: the reused connection failed, the request went again on another one
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=2, start=0.001, status=None, ended="rst"), TARGET_FLOW))
+    c.add(ref_of(back_exchange(conn_id=3, start=0.003, duration=0.005), "198.18.2.10:50001->198.18.3.11:8080"))
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, duration=0.01), CLIENT_FLOW))
+    result = c.finish()
+    (tx,) = result.transactions
+    assert [b.exchange.conn_id for b in tx.backs] == [2, 3]
+    assert result.counts.retried == 1
+
+
+def test_causality_rejects_back_request_after_front_response():
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=2, start=0.5), TARGET_FLOW))
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, duration=0.1), CLIENT_FLOW))
+    counts = c.finish().counts
+    assert counts.paired == 0 and counts.unpaired_front == 1 and counts.unpaired_back == 1
+
+
+def test_same_client_same_uri_overlapping_pairs_by_time():
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=3, start=0.001, duration=0.05), TARGET_FLOW))
+    c.add(ref_of(back_exchange(conn_id=4, start=0.021, duration=0.05), "198.18.2.10:50001->198.18.3.11:8080"))
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, duration=0.06), CLIENT_FLOW))
+    c.add(ref_of(make_exchange(conn_id=2, start=0.02, duration=0.06), "198.18.0.10:40002->198.18.1.10:80"))
+    counts = c.finish().counts
+    assert counts.paired == 2 and counts.unpaired_back == 0
+
+
+def test_healthy_pairs_are_counted_not_kept():
+    c = correlator()
+    for i in range(50):
+        c.add(ref_of(back_exchange(conn_id=1000 + i, start=i + 0.001), TARGET_FLOW))
+        c.add(ref_of(make_exchange(conn_id=i, start=float(i)), CLIENT_FLOW))
+    result = c.finish()
+    assert result.transactions == ()
+    assert result.counts.paired == 50 and result.counts.healthy_dropped == 50
+
+
+def test_memory_is_bounded_by_the_window():
+    # a client-side-only capture: nothing ever pairs, yet little is held at any time
+    c = correlator()
+    for i in range(3000):
+        c.add(ref_of(make_exchange(conn_id=i, start=i * 0.1), CLIENT_FLOW))
+        c.advance(ns(i * 0.1))
+    assert len(c._queue) < 200 and len(c._where) < 200
+    assert c.finish().counts.unpaired_front == 3000
+
+
+def test_cut_marks_an_exchange_interesting():
+    # HAProxy without abortonclose: the client left, the response came anyway
+    c = correlator()
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, duration=3.0), CLIENT_FLOW))
+    c.cut((1, 1), Cut("opener", close(0, 1.0), None, 10 * SEC))
+    (tx,) = c.finish().transactions
+    assert tx.front.cut.by == "opener"
+
+
+def test_unpaired_failing_back_is_kept():
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=2, status=None, ended="fin"), TARGET_FLOW))
+    (tx,) = c.finish().transactions
+    assert tx.front is None and tx.backs[0].exchange.conn_id == 2
+
+
+def test_other_clients_do_not_pair():
+    c = correlator()
+    c.add(ref_of(back_exchange(conn_id=2, start=0.001), TARGET_FLOW))
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0), OTHER_CLIENT_FLOW))
+    assert c.finish().counts.paired == 0
