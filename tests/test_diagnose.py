@@ -1,0 +1,215 @@
+"""The Diagnosis sink: built records end to end, then every sample capture against its ground truth.
+
+Scores are printed (run with ``-s``) and asserted against floors that say what we actually achieve.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from alb_pcap import pipeline
+from alb_pcap.diagnose import Diagnosis, finding_dict, result_dict, score
+
+from .conftest import SAMPLES
+from .diag_builders import (
+    CLIENT_FLOW,
+    ORIG,
+    RESP,
+    TARGET_FLOW,
+    back_exchange,
+    close,
+    make_connection,
+    make_exchange,
+)
+
+# -- built records --------------------------------------------------------------------
+
+
+def race(sink: Diagnosis) -> None:
+    """An ALB race: an idle target connection reused as the target's FIN leaves; 502."""
+    sink.exchange(back_exchange(conn_id=2, index=1, start=-5.0), TARGET_FLOW)
+    sink.exchange(back_exchange(conn_id=2, index=2, start=0.0, status=None, ended="rst"), TARGET_FLOW)
+    sink.exchange(make_exchange(conn_id=1, start=-0.001, duration=0.002, status=502,
+                                response_headers={"Server": "awselb/2.0", "Connection": "close"}), CLIENT_FLOW)
+    sink.connection(make_connection(2, TARGET_FLOW, start=-6.0, first=close(RESP, 0.0002), rst=close(RESP, 0.0004, "rst")))
+    sink.connection(make_connection(1, CLIENT_FLOW, start=-0.01, first=close(RESP, 0.002)))
+
+
+def test_race_end_to_end():
+    sink = Diagnosis()
+    race(sink)
+    r = sink.finish()
+    (f,) = r.findings
+    assert (f.kind, f.status, f.client_flow, f.target_flow) == ("keepalive_race", 502, CLIENT_FLOW, TARGET_FLOW)
+    assert [t.name for t in r.timers] == ["target_keepalive_timeout"]
+    assert r.counts.paired == 1 and len(r.transactions) == 1  # the earlier request had no client side
+    assert "expect 502s" in r.verdict[0]
+
+
+def test_finding_dict_has_the_issue_fields():
+    sink = Diagnosis()
+    race(sink)
+    d = finding_dict(sink.finish().findings[0])
+    assert list(d) == ["kind", "severity", "ts", "side", "client_flow", "target_flow", "status", "summary",
+                       "evidence", "recommendation"]
+    assert isinstance(d["ts"], float) and set(d["evidence"][0]) == {"frame", "ts", "what"}
+
+
+def test_result_dict_is_json():
+    sink = Diagnosis()
+    race(sink)
+    json.dumps(result_dict(sink.finish()))
+
+
+def test_idle_close_end_to_end_ignores_probes():
+    sink = Diagnosis()
+    sink.exchange(make_exchange(conn_id=1, start=0.0), CLIENT_FLOW)
+    sink.connection(make_connection(1, CLIENT_FLOW, start=-0.01, first=close(RESP, 60.01), probes=(45.0,)))
+    r = sink.finish()
+    assert sorted(f.kind for f in r.findings) == ["idle_timeout_close", "tcp_keepalive_ignored"]
+    (timer,) = r.timers
+    assert (timer.name, timer.seconds) == ("proxy_idle_timeout", 60.0)
+
+
+def test_healthy_traffic_keeps_nothing():
+    sink = Diagnosis()
+    for i in range(2000):
+        t = i * 0.5
+        sink.exchange(back_exchange(conn_id=2, index=i + 1, start=t + 0.001, duration=0.005), TARGET_FLOW)
+        sink.exchange(make_exchange(conn_id=1, index=i + 1, start=t, duration=0.01), CLIENT_FLOW)
+        assert len(sink._open) <= 2 and len(sink.correlator._where) < 100
+    r = sink.finish()
+    assert r.findings == () and r.transactions == () and r.counts.healthy_dropped == 2000
+
+
+def test_findings_beyond_the_cap_are_counted():
+    sink = Diagnosis(keep_per_kind=3)
+    for i in range(10):
+        sink.exchange(make_exchange(conn_id=i, start=i * 100.0), CLIENT_FLOW)
+        sink.connection(make_connection(i, CLIENT_FLOW, start=i * 100.0 - 0.01, first=close(RESP, i * 100.0 + 5)))
+    r = sink.finish()
+    assert len(r.findings) == 3 and dict(r.finding_counts) == {"idle_timeout_close": 10}
+
+
+def test_score_matches_kind_side_flows_and_time():
+    sink = Diagnosis()
+    race(sink)
+    r = sink.finish()
+    f = finding_dict(r.findings[0])
+    want = {"kind": "keepalive_race", "side": "target", "status": 502, "client_flow": CLIENT_FLOW,
+            "target_flow": TARGET_FLOW, "ts": f["ts"] + 0.003, "ts_tolerance_s": 0.005}
+    assert score(r, {"findings": [want]}).recall == 1.0
+    late = dict(want, ts=f["ts"] + 0.01)
+    s = score(r, {"findings": [late]})
+    assert (s.precision, s.recall, len(s.missed), len(s.extra)) == (0.0, 0.0, 1, 1)
+
+
+def test_score_ignores_kinds_the_file_does_not_judge():
+    sink = Diagnosis()
+    race(sink)
+    assert score(sink.finish(), {"kinds": ["gateway_timeout"], "findings": []}).precision == 1.0
+
+
+# -- sample captures ----------------------------------------------------------------------------
+
+CAPTURES = sorted(p for p in SAMPLES.glob("*.pcap") if p.with_suffix(".expected.json").exists())
+
+
+def diagnose(*paths, **kw):
+    sink = Diagnosis(**kw)
+    pipeline.analyze([str(p) for p in paths], [sink])
+    return sink.finish()
+
+
+def expected(path):
+    return json.loads(path.with_name(path.name.split(".")[0] + ".expected.json").read_text())
+
+
+def report(name, s) -> None:
+    print(f"{name:48s} expected={s.expected} found={s.found} matched={s.matched} "
+          f"precision={s.precision:.2f} recall={s.recall:.2f}")
+    for m in s.missed:
+        print("   missed", {k: m.get(k) for k in ("kind", "ts", "side", "status")})
+    for m in s.extra:
+        print("   extra ", {k: m.get(k) for k in ("kind", "ts", "side", "status")})
+
+
+@pytest.mark.skipif(not CAPTURES, reason="no sample captures")
+def test_sample_captures_precision_and_recall():
+    """Both sides captured (the VXLAN mirror of the lab, the crafted ALB replays): every finding.
+
+    Achieved: precision 1.0 and recall 1.0 on each capture (59 findings over 31 captures).
+    """
+    totals = [0, 0, 0]
+    for path in CAPTURES:
+        s = score(diagnose(path), expected(path))
+        report(path.name, s)
+        totals = [totals[0] + s.expected, totals[1] + s.found, totals[2] + s.matched]
+        assert (s.precision, s.recall) == (1.0, 1.0), path.name
+    print("overall expected/found/matched", totals)
+
+
+def one_side(doc: dict, side: str) -> dict:
+    """What a capture of one side can show: the other side's flow (and, target side, the status) unknown."""
+    doc = copy.deepcopy(doc)
+    seen = "target_flow" if side == "back" else "client_flow"
+    doc["findings"] = [f for f in doc["findings"] if f.get(seen)]
+    for f in doc["findings"]:
+        f["client_flow" if side == "back" else "target_flow"] = None
+        if side == "back":
+            f["status"] = None
+    return doc
+
+
+# Findings one side cannot show (inherent, not bugs):
+# - HAProxy without `option abortonclose` does not close the target connection when the client
+#   leaves; it waits for the response, so the target side alone shows a normal exchange.
+# - nginx's hidden retry: the client side alone sees a 200 a little late, nothing else.
+ONE_SIDE_BLIND = {
+    ("client-abort-haproxy", "back"): 1,
+    ("mixed-haproxy", "back"): 1,
+    ("keepalive-race-nginx", "front"): 1,
+}
+
+
+@pytest.mark.parametrize("side", ["front", "back"])
+def test_one_side_only(side):
+    paths = sorted(SAMPLES.glob(f"*.{side}.pcap.gz"))
+    if not paths:
+        pytest.skip("no one-side captures")
+    for path in paths:
+        stem = path.name.split(".")[0]
+        s = score(diagnose(path), one_side(expected(path), side))
+        report(path.name, s)
+        assert s.precision == 1.0, path.name
+        assert s.expected - s.matched == ONE_SIDE_BLIND.get((stem, side), 0), path.name
+
+
+@pytest.mark.skipif(not (SAMPLES / "alb-keepalive-race.pcap").exists(), reason="no crafted ALB captures")
+def test_mirror_artefacts_do_not_change_the_verdict():
+    """VXLAN, duplicates, 1 % drop and truncation: same findings, same verdict."""
+    results = [diagnose(SAMPLES / f"alb-keepalive-race{v}.pcap") for v in ("", "-mirror", "-lossy")]
+    shapes = [[(f.kind, f.side, f.status, f.client_flow, f.target_flow) for f in r.findings] for r in results]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert results[0].verdict == results[1].verdict == results[2].verdict
+
+
+@pytest.mark.skipif(not (SAMPLES / "keepalive-race-haproxy.pcap").exists(), reason="no lab captures")
+def test_configured_roles_give_the_same_answer():
+    path = SAMPLES / "keepalive-race-haproxy.pcap"
+    found = diagnose(path, proxies=("198.18.2.1",), listeners=(80,))
+    assert score(found, expected(path)).recall == 1.0
+
+
+def test_sample_front_and_back_files_read_together():
+    front, back = SAMPLES / "mixed-nginx.front.pcap.gz", SAMPLES / "mixed-nginx.back.pcap.gz"
+    if not front.exists():
+        pytest.skip("no lab captures")
+    s = score(diagnose(front, back), expected(front))
+    assert (s.precision, s.recall) == (1.0, 1.0)
+
+
+__all__ = ["ORIG"]
