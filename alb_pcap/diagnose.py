@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .correlate import (
     SEC,
+    Correlation,
     Correlator,
     Counts,
     Cut,
@@ -233,7 +234,7 @@ def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...],
 # -- verdict --------------------------------------------------------------------------------
 
 
-def verdict(timers: TimerBook, kinds: Counter[str], correlation, roles: Roles) -> tuple[str, ...]:
+def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, roles: Roles) -> tuple[str, ...]:
     lines = _alignment_lines(timers, roles, kinds["keepalive_race"]) + _kind_lines(kinds, timers)
     if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort")):
         c = correlation.counts

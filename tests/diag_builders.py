@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from alb_pcap.model import ORIG, RESP, Close, Connection, Exchange, Probe
+from alb_pcap.model import ORIG, Close, Connection, Exchange, Probe
 
 T0 = 1_700_000_000
 SEC = 1_000_000_000
@@ -76,6 +76,3 @@ def make_connection(conn_id: int = 1, flow: str = CLIENT_FLOW, start: float = -0
         probe_counts=(len(probes), 0) if probe_by == ORIG else (0, len(probes)),
         zero_windows=(0, 0), retransmits=(0, 0), gaps=(0, 0), vni=None,
     )
-
-
-__all__ = ["ORIG", "RESP", "make_exchange", "back_exchange", "make_connection", "close", "ns"]

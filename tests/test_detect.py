@@ -16,10 +16,10 @@ from alb_pcap.detect import (
     tcp_keepalive_ignored,
 )
 
+from alb_pcap.model import ORIG, RESP
+
 from .diag_builders import (
     CLIENT_FLOW,
-    ORIG,
-    RESP,
     TARGET_FLOW,
     back_exchange,
     close,

@@ -14,10 +14,10 @@ from alb_pcap import pipeline
 from alb_pcap.diagnose import Diagnosis, finding_dict, result_dict, score
 
 from .conftest import SAMPLES
+from alb_pcap.model import RESP
+
 from .diag_builders import (
     CLIENT_FLOW,
-    ORIG,
-    RESP,
     TARGET_FLOW,
     back_exchange,
     close,
@@ -210,6 +210,3 @@ def test_sample_front_and_back_files_read_together():
         pytest.skip("no lab captures")
     s = score(diagnose(front, back), expected(front))
     assert (s.precision, s.recall) == (1.0, 1.0)
-
-
-__all__ = ["ORIG"]
