@@ -1,0 +1,1069 @@
+"""HTTP/1.x stage: reassembled TCP bytes in, :class:`Exchange` records out (sans-I/O).
+
+Theory of operation
+-------------------
+The TCP stage pushes each direction's in-order bytes with ``data()``, holes
+with ``gap()`` and the end of a direction with ``end()``; the pipeline pulls
+finished exchanges with ``exchanges()``. Nothing here reads a file or a clock.
+
+Each direction has a reader, a state machine in h11's manner (the table
+below): the request reader (ORIG) turns bytes into requests; the response
+reader (RESP) gives each response to the oldest request still waiting for one,
+since HTTP/1.1 answers in request order (RFC 9112 §9.3.2). A reader buffers
+only a message head (start line and fields, at most ``HEAD_MAX`` bytes) or a
+chunk-size/trailer line. Body bytes are counted, never copied: a body segment
+costs a few Python operations whatever its length.
+
+An exchange is finished when both of its messages are finished or cut, and
+``exchanges()`` hands them out in connection order. ``Exchange.ended`` says how
+it finished: "complete"; "fin", "rst" (cut by the connection closing); "open"
+(the capture ended first); "gap" (the capture lost bytes of it, or its framing
+broke and we had to resynchronise); "tunnel" (CONNECT 2xx or 101: the rest of
+the connection is opaque and nothing more is counted).
+
+Errors. Helpers raise :class:`ParseError`; each public method of
+:class:`HttpConnection` catches at one place (``_recover``), records the
+anomaly and puts the reader into RESYNC, which scans later bytes for a
+plausible message start: ``METHOD target HTTP/1.`` for requests,
+``HTTP/1.x NNN`` for responses. Nothing raises out of this stage.
+
+Anomaly names (Zeek's weird names where Zeek has one):
+
+=================================  ==================================================
+bad_HTTP_request                   unparseable request line; resync
+bad_HTTP_reply                     unparseable status line; resync
+unmatched_HTTP_reply               a response with no request waiting (method None)
+HTTP_version_mismatch              a side changed its HTTP version mid-connection
+HTTP_bad_chunk_size                chunk size not hex or above 2**63-1; resync
+line_terminated_with_single_LF     a head uses bare LF line ends (tolerated)
+HTTP_excessive_pipelining          over MAX_PENDING unanswered requests: oldest let go
+unexpected_client_HTTP_data        client bytes after its end(), or too many while
+unexpected_server_HTTP_data          paused for a CONNECT/Upgrade answer
+HTTP_content_length_mismatch       FIN/RST before the Content-Length body was complete
+HTTP_bad_content_length            invalid, negative, > 2**63-1 or conflicting values
+HTTP_TE_and_CL                     Transfer-Encoding and Content-Length (TE wins)
+HTTP_bad_transfer_encoding         request TE whose last coding is not chunked
+HTTP_bad_header_line               field line without colon, or space before colon
+HTTP_head_too_large                head or chunk line over HEAD_MAX bytes; resync
+HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
+HTTP_content_gap                   a gap hit a head or chunk framing; resync
+HTTP_truncated_head                the connection ended inside a message head
+HTTP_internal_error                a bug in this module (should never appear)
+=================================  ==================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from .model import ORIG, RESP, AnomalyLog, Exchange
+
+HEAD_MAX = 64 * 1024  # bytes of one head or chunk line we are willing to buffer
+RESYNC_KEEP = 8 * 1024  # tail kept while scanning for a message start
+MAX_LINE = RESYNC_KEEP - 64  # longest request line resync can recognise
+MAX_PENDING = 100  # unanswered requests per connection (Zeek's default too)
+MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow attempts
+
+Fields = tuple[tuple[str, str], ...]
+Warn = Callable[[str, str], None]
+
+
+class State(enum.Enum):
+    HEAD = "head"  # start line and fields of the next message
+    LENGTH = "length"  # Content-Length body
+    CHUNK_SIZE = "chunk-size"  # chunk-size line (RFC 9112 §7.1)
+    CHUNK_DATA = "chunk-data"
+    CHUNK_END = "chunk-end"  # the CRLF after chunk data
+    TRAILER = "trailer"  # trailer fields after the last chunk
+    CLOSE = "close"  # body delimited by the end of the connection
+    PAUSED = "paused"  # client after CONNECT/Upgrade: waits for the answer
+    RESYNC = "resync"  # lost framing: scanning for a message start
+    TUNNEL = "tunnel"  # after CONNECT 2xx / 101: opaque, ignored
+    CLOSED = "closed"  # end() was called
+
+    # Enum's own __hash__ is Python code, and _goto() hashes on every
+    # transition; members are singletons, so identity is enough.
+    __hash__ = object.__hash__
+
+
+# Rule 1 (h11's): every state change of a reader is listed here and _goto()
+# checks it. Besides these, any live state may go to RESYNC (malformed input,
+# gap), TUNNEL (the connection switched protocols) or CLOSED (end()).
+_NEXT: dict[State, frozenset[State]] = {
+    State.HEAD: frozenset(
+        {State.HEAD, State.LENGTH, State.CHUNK_SIZE, State.CLOSE, State.PAUSED}
+    ),
+    State.LENGTH: frozenset({State.HEAD, State.PAUSED}),
+    State.CHUNK_SIZE: frozenset({State.CHUNK_DATA, State.TRAILER}),
+    State.CHUNK_DATA: frozenset({State.CHUNK_END}),
+    State.CHUNK_END: frozenset({State.CHUNK_SIZE}),
+    State.TRAILER: frozenset({State.HEAD, State.PAUSED}),
+    State.CLOSE: frozenset(),  # only end() finishes a close-delimited body
+    State.PAUSED: frozenset({State.HEAD}),  # the answer did not switch protocols
+    State.RESYNC: frozenset({State.HEAD}),
+    State.TUNNEL: frozenset(),
+    State.CLOSED: frozenset(),
+}
+_ANYTIME = frozenset({State.RESYNC, State.TUNNEL, State.CLOSED})
+_FINAL = frozenset({State.TUNNEL, State.CLOSED})
+
+# The reader method for each state (h11's READERS table).
+_READERS: dict[State, str] = {
+    State.HEAD: "_read_head",
+    State.LENGTH: "_read_length",
+    State.CHUNK_SIZE: "_read_chunk_size",
+    State.CHUNK_DATA: "_read_chunk_data",
+    State.CHUNK_END: "_read_chunk_end",
+    State.TRAILER: "_read_trailer",
+    State.CLOSE: "_read_close",
+    State.PAUSED: "_read_paused",
+    State.RESYNC: "_read_resync",
+    State.TUNNEL: "_read_tunnel",
+    State.CLOSED: "_read_closed",
+}
+
+
+class Framing(enum.Enum):
+    NO_BODY = "no-body"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    CLOSE = "close"
+    TUNNEL = "tunnel"
+
+
+class ParseError(Exception):
+    """Malformed input: record ``name`` as an anomaly, then resynchronise.
+
+    ``rescan`` holds bytes already consumed that may still hold a message start.
+    """
+
+    def __init__(self, name: str, detail: str = "", rescan: bytes = b"") -> None:
+        super().__init__(name, detail)
+        self.name = name
+        self.detail = detail
+        self.rescan = rescan
+
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 §5.6.2
+_REQUEST_LINE = re.compile(rf"({_TOKEN}) ([^ ]+)(?: HTTP/([0-9]\.[0-9]))?")
+_STATUS_LINE = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?")
+# Resync patterns, on raw bytes; methods are upper case in practice, which
+# keeps random text from looking like a request.
+_STATUS_START = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
+_METHOD_TAIL = re.compile(rb"[A-Z][A-Z0-9_-]*\Z")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+# An HTTP/0.9 request line has no version, so anything "word word" would pass:
+# require a method a client could have meant (Zeek only asks for 3 letters).
+_SIMPLE_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH"}
+)
+
+
+# ---------------------------------------------------------------------------
+# Message framing: RFC 9112 §6.3, one step at a time.
+
+
+def body_framing(
+    fields: Fields, method: str | None, status: int | None, warn: Warn
+) -> tuple[Framing, int]:
+    """How the body of a message is delimited; ``status`` is None for a request.
+
+    Returns ``(framing, length)``, the length only meaning something for
+    Framing.LENGTH. Reference: RFC 9112 §6.3 "Message Body Length".
+    """
+    if status is not None:
+        # A 101 switches protocols right after its empty line (RFC 9110 §15.2.2),
+        # which step 1 would otherwise read as a plain 1xx.
+        if status == 101:
+            return Framing.TUNNEL, 0
+        # Step 1: a response to HEAD, or a 1xx, 204 or 304 response, ends at the
+        # empty line after its fields, whatever they announce.
+        if method == "HEAD" or status < 200 or status in (204, 304):
+            return Framing.NO_BODY, 0
+        # Step 2: a 2xx answer to CONNECT turns the connection into a tunnel.
+        if method == "CONNECT" and status < 300:
+            return Framing.TUNNEL, 0
+    lengths: list[str] = []
+    codings: list[str] = []
+    for name, value in fields:
+        key = name.lower()
+        if key == "content-length":
+            lengths.append(value)
+        elif key == "transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+    if codings:
+        # Step 3: Transfer-Encoding overrides Content-Length; both together are
+        # the classic request smuggling / response splitting shape.
+        if lengths:
+            warn("HTTP_TE_and_CL", f"TE {codings} with CL {lengths}")
+        # Step 4: chunked must be the final coding. A response without it runs
+        # until the connection closes; a request without it is answered 400
+        # and the connection closed, so we read on as if it had no body.
+        if codings[-1] == "chunked":
+            return Framing.CHUNKED, 0
+        if status is not None:
+            return Framing.CLOSE, 0
+        warn("HTTP_bad_transfer_encoding", ", ".join(codings))
+        return Framing.NO_BODY, 0
+    if lengths:
+        length = _content_length(lengths)
+        # Step 5: an invalid Content-Length is an unrecoverable framing error.
+        # A request then has no body we can trust (Zeek reads it as none, so
+        # a smuggled request behind it shows up); a response is read to the
+        # end of the connection, which is what a client would have received.
+        if length is None:
+            warn("HTTP_bad_content_length", ", ".join(lengths))
+            return (Framing.NO_BODY if status is None else Framing.CLOSE), 0
+        # Step 6: a valid Content-Length gives the body length.
+        return Framing.LENGTH, length
+    # Step 7: a request with neither has no body.
+    # Step 8: a response with neither runs until the connection closes.
+    return (Framing.NO_BODY if status is None else Framing.CLOSE), 0
+
+
+def _content_length(values: list[str]) -> int | None:
+    """The one length that every Content-Length value agrees on, else None.
+
+    Identical repeats ("5, 5") may be merged (RFC 9110 §8.6).
+    """
+    seen = {part.strip() for value in values for part in value.split(",")}
+    if len(seen) != 1:
+        return None
+    text = seen.pop()
+    # isascii() first: str.isdigit() accepts digits like "²"; the length test
+    # keeps int() away from huge strings.
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 19:
+        return None
+    if int(text) > MAX_LENGTH:
+        return None
+    return int(text)
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size in a chunk-size line, chunk extensions ignored (RFC 9112 §7.1)."""
+    text = line.partition(b";")[0].rstrip(b" \t")
+    if not text or text.translate(None, _HEX_DIGITS) or int(text, 16) > MAX_LENGTH:
+        raise ParseError("HTTP_bad_chunk_size", repr(line[:40]))
+    return int(text, 16)
+
+
+# ---------------------------------------------------------------------------
+# Heads: start lines and field lines.
+
+
+def _head_lines(head: bytes, warn: Warn) -> list[str]:
+    """A head's lines without their ends; bare LF tolerated (RFC 9112 §2.2)."""
+    text = head.decode("latin-1")
+    if head.count(b"\n") == head.count(b"\r\n"):
+        lines = text.split("\r\n")
+    else:
+        warn("line_terminated_with_single_LF", "")
+        lines = [line.rstrip("\r") for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _request_line(line: str) -> tuple[str, str, str]:
+    """(method, target, version); an HTTP/0.9 line has no version (RFC 1945 §4.1)."""
+    m = _REQUEST_LINE.fullmatch(line)
+    if m is None:
+        raise ParseError("bad_HTTP_request", line[:80])
+    method, target, version = m.groups()
+    if version is None:
+        if method not in _SIMPLE_METHODS:
+            raise ParseError("bad_HTTP_request", line[:80])
+        version = "0.9"
+    return method, target, version
+
+
+def _status_line(line: str) -> tuple[str, int, str]:
+    """(version, status, reason) of a status line (RFC 9112 §4)."""
+    m = _STATUS_LINE.fullmatch(line)
+    if m is None or int(m[2]) < 100:
+        raise ParseError("bad_HTTP_reply", line[:80])
+    return m[1], int(m[2]), m[3] or ""
+
+
+def _fields(lines: list[str], warn: Warn) -> Fields:
+    """Field lines as (name, value), in order, duplicates kept, names as sent."""
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        if line and line[0] in " \t":
+            # obs-fold (RFC 9112 §5.2): a continuation of the previous value.
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + " " + line.strip(" \t"))
+            else:
+                warn("HTTP_bad_header_line", line[:80])
+            continue
+        name, colon, value = line.partition(":")
+        # RFC 9112 §5.1: no whitespace between name and colon. We keep such a
+        # field as sent, so "Transfer-Encoding :" does not frame the message,
+        # which is what a compliant server does (it rejects the request).
+        if not colon or not name or name[-1] in " \t":
+            warn("HTTP_bad_header_line", line[:80])
+            if not colon or not name:
+                continue
+        fields.append((name, value.strip(" \t")))
+    return tuple(fields)
+
+
+def _blank_line_end(buf: bytes | bytearray, start: int) -> int:
+    """Index just after the empty line ending a head that starts at ``start``, or -1."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if lf < 0 or crlf < lf:
+        return crlf + 3
+    return lf + 2
+
+
+# ---------------------------------------------------------------------------
+# Exchanges being assembled.
+
+
+class _Tx:
+    """One exchange in the making (mutable; private to this stage)."""
+
+    __slots__ = (
+        "body", "done", "end_ns", "ended", "index", "interim", "method", "reason",
+        "request_headers", "response_headers", "response_version", "start_frame",
+        "start_ns", "status", "switches", "uri", "version",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.method: str | None = None
+        self.uri: str | None = None
+        self.version: str | None = None
+        self.request_headers: Fields = ()
+        self.status: int | None = None
+        self.reason: str | None = None
+        self.response_version: str | None = None
+        self.response_headers: Fields = ()
+        self.interim: list[int] = []
+        # Indexed by direction, ORIG then RESP.
+        self.body = [0, 0]
+        self.start_ns: list[int | None] = [None, None]
+        self.start_frame: list[int | None] = [None, None]
+        self.end_ns: list[int | None] = [None, None]
+        self.done = [False, False]
+        self.ended: str | None = None  # how it was cut; None while not cut
+        self.switches = False  # CONNECT or Upgrade: the client waits for the answer
+
+    def cut(self, ended: str) -> None:
+        """Remember the first way this exchange was cut short."""
+        if self.ended is None:
+            self.ended = ended
+
+    def freeze(self, conn_id: int, ended: str) -> Exchange:
+        return Exchange(
+            conn_id=conn_id,
+            index=self.index,
+            method=self.method,
+            uri=self.uri,
+            # The request's version; a response without a request gives its own.
+            version=self.version or self.response_version,
+            request_headers=self.request_headers,
+            status=self.status,
+            reason=self.reason,
+            response_headers=self.response_headers,
+            interim=tuple(self.interim),
+            request_body_len=self.body[ORIG],
+            response_body_len=self.body[RESP],
+            request_start_ns=self.start_ns[ORIG],
+            request_end_ns=self.end_ns[ORIG],
+            response_start_ns=self.start_ns[RESP],
+            response_end_ns=self.end_ns[RESP],
+            request_frame=self.start_frame[ORIG],
+            response_frame=self.start_frame[RESP],
+            ended=ended,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Readers: one state machine per direction.
+
+
+class _Reader:
+    """What both directions share: body counting, lines, gaps, end, resync.
+
+    ``feed`` consumes ``data`` from ``self.pos``; a step that raises ParseError
+    has already moved ``pos`` past the bytes it rejects.
+    """
+
+    __slots__ = (
+        "_step", "buf", "conn", "data_ts", "direction", "frame", "head_frame", "head_ts",
+        "pos", "remaining", "state", "ts", "tx", "version",
+    )
+
+    def __init__(self, conn: HttpConnection, direction: int) -> None:
+        self.conn = conn
+        self.direction = direction
+        self.state = State.HEAD
+        self._step: Callable[[bytes], None] = self._read_head
+        self.buf = bytearray()  # a head or line not complete yet; resync tail
+        self.pos = 0  # position in the chunk being fed
+        self.ts = 0  # ts_ns and frame of the current event, for anomalies
+        self.frame = 0
+        self.data_ts = 0  # ts_ns of the last byte seen, for *_end_ns
+        self.remaining = 0  # body or chunk bytes still to come
+        self.tx: _Tx | None = None  # whose message is being read (after its head)
+        self.head_ts = 0  # where the head being buffered started
+        self.head_frame = 0
+        self.version: str | None = None  # last version seen, for HTTP_version_mismatch
+
+    # -- bookkeeping
+
+    def _goto(self, state: State) -> None:
+        old = self.state
+        assert state in _NEXT[old] or (state in _ANYTIME and old not in _FINAL), (old, state)
+        self.state = state
+        self._step = getattr(self, _READERS[state])
+
+    def _warn(self, name: str, detail: str = "") -> None:
+        self.conn._anomaly(name, self.frame, self.ts, detail)
+
+    def _check_version(self, version: str) -> None:
+        if self.version is not None and version != self.version:
+            self._warn("HTTP_version_mismatch", f"{self.version} then {version}")
+        self.version = version
+
+    def _finish(self, ended: str | None) -> None:
+        """The current message is over: complete (None) or cut (how)."""
+        tx = self.tx
+        assert tx is not None
+        self.tx = None
+        if ended is not None:
+            tx.cut(ended)
+        if tx.start_ns[self.direction] is not None:
+            tx.end_ns[self.direction] = self.data_ts
+        tx.done[self.direction] = True
+        self._finished(tx)
+
+    def _complete(self) -> None:
+        tx = self.tx
+        assert tx is not None
+        self._finish(None)
+        self._goto(self._next_state(tx))
+
+    def _start_body(self, framing: Framing, length: int) -> None:
+        if framing is Framing.LENGTH and length:
+            self.remaining = length
+            self._goto(State.LENGTH)
+        elif framing is Framing.CHUNKED:
+            self._goto(State.CHUNK_SIZE)
+        elif framing is Framing.CLOSE:
+            self._goto(State.CLOSE)
+        else:
+            self._complete()
+
+    # -- per direction (overridden)
+
+    def _head_end(self, buf: bytes | bytearray, start: int) -> int:
+        return _blank_line_end(buf, start)
+
+    def _on_head(self, head: bytes) -> None:
+        raise NotImplementedError
+
+    def _parse_head(self, head: bytes) -> _Tx | None:
+        raise NotImplementedError
+
+    def _finished(self, tx: _Tx) -> None:
+        """A message of ``tx`` in this direction is over."""
+
+    def _next_state(self, tx: _Tx) -> State:
+        return State.HEAD
+
+    def _lost_head(self) -> None:
+        """A gap hit this direction between or inside heads."""
+
+    def _ended(self, cut: str) -> None:
+        """This direction has ended; ``cut`` is how unfinished messages end."""
+
+    # -- state readers
+
+    def feed(self, data: bytes) -> None:
+        n = len(data)
+        while self.pos < n:
+            self._step(data)
+
+    def _read_head(self, data: bytes) -> None:
+        buf = self.buf
+        old = len(buf)
+        if old:
+            buf += memoryview(data)[self.pos :]
+            end = self._head_end(buf, 0)
+            if end >= 0:
+                head = bytes(buf[:end])
+                buf.clear()
+                self.pos += end - old
+                self._parse(head)
+                return
+        else:
+            pos, n = self.pos, len(data)
+            # RFC 9112 §2.2: ignore empty lines before a message (some clients
+            # send a CRLF after a POST body).
+            while pos < n and data[pos] in b"\r\n":
+                pos += 1
+            self.pos = pos
+            if pos == n:
+                return
+            self.head_ts, self.head_frame = self.ts, self.frame
+            end = self._head_end(data, pos)
+            if end >= 0:  # the usual case: a whole head in one segment
+                self.pos = end
+                self._parse(data[pos:end])
+                return
+            buf += memoryview(data)[pos:]
+        self.pos = len(data)
+        if len(buf) > HEAD_MAX:
+            # Keep what the complete lines say (the answer, a 431 say, still
+            # pairs with it), then look for the next message.
+            self._warn("HTTP_head_too_large", f"over {HEAD_MAX} bytes")
+            self._cut_head("gap")
+            self.resync()
+
+    def _parse(self, head: bytes) -> None:
+        try:
+            self._on_head(head)
+        except ParseError as e:
+            # A bad start line may hide a real message start on a later line
+            # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
+            e.rescan = head[head.find(b"\n") + 1 :]
+            raise
+
+    def _take_line(self, data: bytes) -> bytes | None:
+        """The next line without its end, or None when it is not complete yet."""
+        pos = self.pos
+        lf = data.find(b"\n", pos)
+        if lf < 0:
+            self.buf += memoryview(data)[pos:]
+            self.pos = len(data)
+            if len(self.buf) > HEAD_MAX:
+                self.buf.clear()
+                raise ParseError("HTTP_head_too_large", f"line over {HEAD_MAX} bytes")
+            return None
+        self.pos = lf + 1
+        if self.buf:
+            self.buf += memoryview(data)[pos:lf]
+            line = bytes(self.buf)
+            self.buf.clear()
+        else:
+            line = data[pos:lf]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _take_body(self, data: bytes) -> bool:
+        """Count body bytes up to ``remaining``; True once it is reached."""
+        tx = self.tx
+        assert tx is not None
+        avail = len(data) - self.pos
+        if avail < self.remaining:
+            self.remaining -= avail
+            tx.body[self.direction] += avail
+            self.pos = len(data)
+            return False
+        tx.body[self.direction] += self.remaining
+        self.pos += self.remaining
+        self.remaining = 0
+        return True
+
+    def _read_length(self, data: bytes) -> None:
+        if self._take_body(data):
+            self._complete()
+
+    def _read_chunk_size(self, data: bytes) -> None:
+        line = self._take_line(data)
+        if line is None:
+            return
+        self.remaining = _chunk_size(line)
+        self._goto(State.CHUNK_DATA if self.remaining else State.TRAILER)
+
+    def _read_chunk_data(self, data: bytes) -> None:
+        if self._take_body(data):
+            self._goto(State.CHUNK_END)
+
+    def _read_chunk_end(self, data: bytes) -> None:
+        line = self._take_line(data)
+        if line is None:
+            return
+        if line:
+            raise ParseError("HTTP_chunk_missing_crlf", repr(line[:40]))
+        self._goto(State.CHUNK_SIZE)
+
+    def _read_trailer(self, data: bytes) -> None:
+        # Trailer fields are skipped: Exchange has no place for them.
+        while (line := self._take_line(data)) is not None:
+            if not line:
+                self._complete()
+                return
+
+    def _read_close(self, data: bytes) -> None:
+        tx = self.tx
+        assert tx is not None
+        tx.body[self.direction] += len(data) - self.pos
+        self.pos = len(data)
+
+    def _read_paused(self, data: bytes) -> None:
+        raise NotImplementedError  # only the request reader pauses
+
+    def _read_resync(self, data: bytes) -> None:
+        buf = self.buf
+        old = len(buf)
+        buf += memoryview(data)[self.pos :]
+        start = self._find_start(buf, max(0, old - 16))
+        if start < 0:
+            if len(buf) > RESYNC_KEEP:
+                del buf[: len(buf) - RESYNC_KEEP]
+            self.pos = len(data)
+            return
+        if start >= old:  # the new message starts in this chunk: read it from there
+            buf.clear()
+            self.pos += start - old
+        else:  # it started in an earlier chunk: keep that part, this chunk follows
+            del buf[old:]
+            del buf[:start]
+            self.head_ts, self.head_frame = self.ts, self.frame
+        self._goto(State.HEAD)
+
+    def _find_start(self, buf: bytearray, lo: int) -> int:
+        raise NotImplementedError
+
+    def _read_tunnel(self, data: bytes) -> None:
+        self.pos = len(data)
+
+    def _read_closed(self, data: bytes) -> None:
+        side = "client" if self.direction == ORIG else "server"
+        self._warn(f"unexpected_{side}_HTTP_data", f"{len(data) - self.pos} bytes after end")
+        self.pos = len(data)
+
+    # -- events other than data
+
+    def resync(self) -> None:
+        """After malformed input: cut the message in progress, look for the next."""
+        if self.state in _FINAL:
+            return
+        if self.tx is not None:
+            self._finish("gap")
+        self.buf.clear()
+        self._goto(State.RESYNC)
+
+    def gap(self, size: int) -> None:
+        state = self.state
+        tx = self.tx
+        if state is State.LENGTH or state is State.CHUNK_DATA:
+            # The hole is inside a body of known length: count it and go on.
+            assert tx is not None
+            tx.cut("gap")
+            take = min(size, self.remaining)
+            self.remaining -= take
+            tx.body[self.direction] += take
+            if not self.remaining:
+                if state is State.LENGTH:
+                    self._complete()
+                else:
+                    self._goto(State.CHUNK_END)
+            if size > take:
+                self.gap(size - take)
+        elif state is State.CLOSE:
+            assert tx is not None
+            tx.cut("gap")
+            tx.body[self.direction] += size
+        elif state is State.RESYNC:
+            self.buf.clear()  # bytes on both sides of a hole are not one message
+        elif state not in _FINAL:
+            self._warn("HTTP_content_gap", f"{size} bytes lost in {state.value}")
+            if tx is not None:
+                self._finish("gap")
+            else:
+                self._lost_head()
+            self.resync()
+
+    def end(self, how: str) -> None:
+        if self.state in _FINAL:
+            return
+        cut = "open" if how == "eof" else how
+        try:
+            self._end_message(how, cut)
+        finally:
+            self.buf.clear()
+            self._goto(State.CLOSED)
+            self._ended(cut)
+
+    def _end_message(self, how: str, cut: str) -> None:
+        state = self.state
+        if state is State.CLOSE:
+            # RFC 9112 §6.3 step 8: the close delimits the body. A RST may have
+            # cut it, and at the end of the capture more may have followed.
+            self._finish(None if how == "fin" else cut)
+        elif self.tx is not None:
+            if state is State.LENGTH and how != "eof":
+                self._warn("HTTP_content_length_mismatch", f"{self.remaining} bytes missing")
+            self._finish(cut)
+        elif state is State.HEAD and self.buf:
+            self._warn("HTTP_truncated_head", f"{len(self.buf)} bytes")
+            self._cut_head(cut)
+
+    def _cut_head(self, ended: str) -> _Tx | None:
+        """Make what we can of a partial head: its complete lines, if any."""
+        partial = bytes(self.buf)
+        self.buf.clear()
+        lf = partial.rfind(b"\n")
+        tx = self._parse_head(partial[: lf + 1]) if lf >= 0 else None
+        if tx is not None:
+            self.tx = tx
+            self._finish(ended)
+        return tx
+
+
+class _RequestReader(_Reader):
+    __slots__ = ("paused", "paused_size", "waiting_for")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        super().__init__(conn, ORIG)
+        # Client bytes held back while a CONNECT/Upgrade waits for its answer.
+        self.paused: list[tuple[bytes, int, int]] = []
+        self.paused_size = 0
+        self.waiting_for: _Tx | None = None
+
+    def _head_end(self, buf: bytes | bytearray, start: int) -> int:
+        lf = buf.find(b"\n", start)
+        if lf < 0:
+            return -1
+        if buf.find(b" HTTP/", start, lf) < 0:
+            return lf + 1  # an HTTP/0.9 request is its request line alone
+        return _blank_line_end(buf, lf)
+
+    def _parse_head(self, head: bytes) -> _Tx | None:
+        lines = _head_lines(head, self._warn)
+        method, target, version = _request_line(lines[0])
+        fields = _fields(lines[1:], self._warn)
+        self._check_version(version)
+        tx = self.conn._new_tx(self)
+        tx.method, tx.uri, tx.version, tx.request_headers = method, target, version, fields
+        tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
+        return tx
+
+    def _on_head(self, head: bytes) -> None:
+        tx = self._parse_head(head)
+        assert tx is not None
+        self.tx = tx
+        if tx.version == "0.9":  # no fields, no body (RFC 1945 §4.1)
+            self._complete()
+            return
+        fields = tx.request_headers
+        tx.switches = tx.method == "CONNECT" or any(n.lower() == "upgrade" for n, _ in fields)
+        self._start_body(*body_framing(fields, tx.method, None, self._warn))
+
+    def _next_state(self, tx: _Tx) -> State:
+        # h11's MIGHT_SWITCH_PROTOCOL: what follows CONNECT or an Upgrade
+        # request may be another protocol; the answer will tell.
+        if tx.switches and tx.status is None and not tx.done[RESP]:
+            self.waiting_for = tx
+            return State.PAUSED
+        return State.HEAD
+
+    def _read_paused(self, data: bytes) -> None:
+        chunk = data[self.pos :]
+        self.pos = len(data)
+        self.paused_size += len(chunk)
+        if self.paused_size > HEAD_MAX:
+            self._drop_paused()
+            raise ParseError("unexpected_client_HTTP_data", "too much data before the answer")
+        self.paused.append((chunk, self.ts, self.frame))
+
+    def resume(self) -> None:
+        """The answer did not switch protocols: parse what the client sent meanwhile."""
+        chunks = self.paused
+        self._drop_paused()
+        self._goto(State.HEAD)
+        for chunk, ts, frame in chunks:
+            self.conn._feed(self, chunk, ts, frame)
+
+    def _drop_paused(self) -> None:
+        self.paused = []
+        self.paused_size = 0
+        self.waiting_for = None
+
+    def resync(self) -> None:
+        self._drop_paused()
+        super().resync()
+
+    def _lost_head(self) -> None:
+        # Lost client bytes between requests belong to at least one request:
+        # keep a place for it so the responses still pair in order.
+        if self.state is State.HEAD and self._cut_head("gap") is None:
+            tx = self.conn._new_tx(self)
+            tx.cut("gap")
+            tx.done[ORIG] = True
+
+    def _end_message(self, how: str, cut: str) -> None:
+        if self.state is State.PAUSED:  # no answer came: read on as plain requests
+            self.resume()
+        super()._end_message(how, cut)
+
+    def _find_start(self, buf: bytearray, lo: int) -> int:
+        """Start of a line "METHOD target HTTP/1." in ``buf``, or -1."""
+        i = buf.find(b" HTTP/1.", lo)
+        while i >= 0:
+            line_lo = max(buf.rfind(b"\n", max(0, i - MAX_LINE), i) + 1, i - MAX_LINE)
+            sp = buf.rfind(b" ", line_lo, i)
+            if sp > line_lo:
+                m = _METHOD_TAIL.search(buf, max(line_lo, sp - 32), sp)
+                if m is not None:
+                    return m.start()
+            i = buf.find(b" HTTP/1.", i + 1)
+        return -1
+
+
+class _ResponseReader(_Reader):
+    __slots__ = ()
+
+    def __init__(self, conn: HttpConnection) -> None:
+        super().__init__(conn, RESP)
+
+    def _read_head(self, data: bytes) -> None:
+        awaiting = self.conn._awaiting
+        buf = self.buf
+        if awaiting and awaiting[0].version == "0.9" and len(buf) < 5:
+            # An HTTP/0.9 answer has no status line (RFC 1945 §4.2): its bytes
+            # are a body up to the close. Some servers answer with a status
+            # line all the same; the first 5 bytes tell.
+            start = bytes(buf) + data[self.pos : self.pos + 5 - len(buf)]
+            if not start.startswith(b"HTTP/"[: len(start)]):
+                self._start_http09(awaiting[0])
+                return
+            if len(start) < 5:
+                if not buf:
+                    self.head_ts, self.head_frame = self.ts, self.frame
+                buf += memoryview(data)[self.pos :]
+                self.pos = len(data)
+                return
+        super()._read_head(data)
+
+    def _start_http09(self, tx: _Tx) -> None:
+        self.tx = tx
+        if self.buf:
+            tx.start_ns[RESP], tx.start_frame[RESP] = self.head_ts, self.head_frame
+        else:
+            tx.start_ns[RESP], tx.start_frame[RESP] = self.ts, self.frame
+        tx.body[RESP] = len(self.buf)
+        self.buf.clear()
+        self._goto(State.CLOSE)
+
+    def _parse_head(self, head: bytes) -> _Tx | None:
+        lines = _head_lines(head, self._warn)
+        version, status, reason = _status_line(lines[0])
+        fields = _fields(lines[1:], self._warn)
+        self._check_version(version)
+        conn = self.conn
+        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, lines[0])
+        if 100 <= status < 200 and status != 101:
+            tx.interim.append(status)  # the final answer follows (RFC 9110 §15.2)
+            return None
+        tx.status, tx.reason, tx.response_version = status, reason, version
+        tx.response_headers = fields
+        tx.start_ns[RESP], tx.start_frame[RESP] = self.head_ts, self.head_frame
+        return tx
+
+    def _on_head(self, head: bytes) -> None:
+        tx = self._parse_head(head)
+        if tx is None:
+            self._goto(State.HEAD)
+            return
+        self.tx = tx
+        framing, length = body_framing(tx.response_headers, tx.method, tx.status, self._warn)
+        if framing is Framing.TUNNEL:
+            self._finish("tunnel")
+            self.conn._switch(tx)
+            return
+        self.conn._answered(tx)
+        self._start_body(framing, length)
+
+    def _finished(self, tx: _Tx) -> None:
+        awaiting = self.conn._awaiting
+        if awaiting and awaiting[0] is tx:
+            awaiting.popleft()
+
+    def _lost_head(self) -> None:
+        # The hole swallowed (the start of) the answer to the oldest request.
+        awaiting = self.conn._awaiting
+        if self._cut_head("gap") is None and awaiting:
+            tx = awaiting.popleft()
+            tx.cut("gap")
+            tx.done[RESP] = True
+
+    def _ended(self, cut: str) -> None:
+        self.conn._server_closed(cut)
+
+    def _find_start(self, buf: bytearray, lo: int) -> int:
+        """Start of a status line "HTTP/1.x NNN" in ``buf``, or -1."""
+        i = buf.find(b"HTTP/1.", lo)
+        while i >= 0:
+            if _STATUS_START.match(buf, i):
+                return i
+            i = buf.find(b"HTTP/1.", i + 1)
+        return -1
+
+
+# ---------------------------------------------------------------------------
+# The connection: public API and the one error boundary.
+
+
+class HttpConnection:
+    """The HTTP/1.x exchanges of one TCP connection, fed by the TCP stage.
+
+    ``direction`` is ORIG (client) or RESP (server); ``data`` must be bytes,
+    in stream order. ``how`` in ``end()`` is "fin", "rst" or "eof".
+    """
+
+    def __init__(self, conn_id: int, anomalies: AnomalyLog, flow: str | None = None) -> None:
+        self.conn_id = conn_id
+        self.anomalies = anomalies
+        self.flow = flow
+        self._txs: deque[_Tx] = deque()  # every exchange not handed out yet, in order
+        self._awaiting: deque[_Tx] = deque()  # requests whose final answer has not begun
+        self._count = 0
+        self._server_done: str | None = None  # how RESP ended, once it has
+        self._tunnel = False
+        self._request = _RequestReader(self)
+        self._readers: tuple[_Reader, _Reader] = (self._request, _ResponseReader(self))
+
+    # -- public API
+
+    def data(self, direction: int, data: bytes, ts_ns: int, frame: int) -> None:
+        self._feed(self._readers[direction], data, ts_ns, frame)
+
+    def gap(self, direction: int, size: int, ts_ns: int, frame: int) -> None:
+        reader = self._readers[direction]
+        reader.ts = reader.data_ts = ts_ns
+        reader.frame = frame
+        try:
+            reader.gap(size)
+        except Exception as e:  # noqa: BLE001 (the boundary: see _recover)
+            self._recover(reader, e)
+
+    def end(self, direction: int, how: str, ts_ns: int, frame: int) -> None:
+        reader = self._readers[direction]
+        reader.ts, reader.frame = ts_ns, frame  # data_ts stays the last byte's
+        try:
+            reader.end(how)
+        except Exception as e:  # noqa: BLE001 (the boundary: see _recover)
+            self._recover(reader, e)
+
+    def exchanges(self) -> Iterator[Exchange]:
+        """Pop the finished exchanges, in connection order."""
+        txs = self._txs
+        while txs and txs[0].done[ORIG] and txs[0].done[RESP]:
+            tx = txs.popleft()
+            yield tx.freeze(self.conn_id, tx.ended or "complete")
+
+    def pending(self) -> list[Exchange]:
+        """Snapshots of the exchanges not finished yet (for a live view)."""
+        return [tx.freeze(self.conn_id, tx.ended or "open") for tx in self._txs]
+
+    @property
+    def tunnel(self) -> bool:
+        """True after CONNECT 2xx or 101: the rest of the connection is opaque."""
+        return self._tunnel
+
+    # -- the boundary
+
+    def _feed(self, reader: _Reader, data: bytes, ts_ns: int, frame: int) -> None:
+        reader.ts = reader.data_ts = ts_ns
+        reader.frame = frame
+        todo = [data]  # a work list, not recursion: rescans can follow rescans
+        while todo:
+            chunk = todo.pop()
+            reader.pos = 0
+            while reader.pos < len(chunk):
+                try:
+                    reader.feed(chunk)
+                except Exception as e:  # noqa: BLE001 (the boundary: see _recover)
+                    if not self._recover(reader, e):
+                        return
+                    if isinstance(e, ParseError) and e.rescan:
+                        todo += (chunk[reader.pos :], e.rescan)
+                        break
+
+    def _recover(self, reader: _Reader, error: Exception) -> bool:
+        """Record what went wrong and resync; False if the rest of the data must go."""
+        if isinstance(error, ParseError):
+            self._anomaly(error.name, reader.frame, reader.ts, error.detail)
+            reader.resync()
+            return True
+        # A bug of ours: a capture must never crash the pipeline, but say so.
+        self._anomaly("HTTP_internal_error", reader.frame, reader.ts, repr(error))
+        reader.resync()
+        return False
+
+    def _anomaly(self, name: str, frame: int, ts_ns: int, detail: str) -> None:
+        self.anomalies.add(name, frame, ts_ns, self.flow, detail)
+
+    # -- called by the readers
+
+    def _new_tx(self, reader: _Reader) -> _Tx:
+        self._count += 1
+        tx = _Tx(self._count)
+        self._txs.append(tx)
+        if self._server_done is not None:
+            # The server had already closed, so no answer can come: the
+            # keep-alive race, a request crossing the server's FIN.
+            tx.cut(self._server_done)
+            tx.done[RESP] = True
+            return tx
+        self._awaiting.append(tx)
+        if len(self._awaiting) > MAX_PENDING:
+            self._let_go(reader)
+        return tx
+
+    def _let_go(self, reader: _Reader) -> None:
+        """Stop waiting for the oldest answer (one-sided captures would pile up)."""
+        awaiting = self._awaiting
+        victim = awaiting[1] if awaiting[0] is self._readers[RESP].tx else awaiting[0]
+        awaiting.remove(victim)
+        victim.cut("open")
+        victim.done[RESP] = True
+        reader._warn("HTTP_excessive_pipelining", f"over {MAX_PENDING} requests unanswered")
+
+    def _unmatched_reply(self, reader: _Reader, status_line: str) -> _Tx:
+        reader._warn("unmatched_HTTP_reply", status_line[:80])
+        tx = self._new_tx(reader)
+        tx.done[ORIG] = True
+        return tx
+
+    def _answered(self, tx: _Tx) -> None:
+        """A final answer began; a client paused on it may go on."""
+        if self._request.state is State.PAUSED and self._request.waiting_for is tx:
+            self._request.resume()
+
+    def _switch(self, tx: _Tx) -> None:
+        """CONNECT 2xx or 101: from here on the connection is opaque."""
+        tx.ended = "tunnel"
+        for other in self._txs:  # requests sent before the switch get no answer
+            if not (other.done[ORIG] and other.done[RESP]):
+                other.cut("tunnel")
+                other.done[ORIG] = other.done[RESP] = True
+        self._awaiting.clear()
+        self._tunnel = True
+        self._request._drop_paused()
+        for reader in self._readers:
+            reader.tx = None
+            reader.buf.clear()
+            if reader.state is not State.CLOSED:
+                reader._goto(State.TUNNEL)
+
+    def _server_closed(self, cut: str) -> None:
+        """RESP ended: every request still waiting will get no answer."""
+        self._server_done = cut
+        for tx in self._awaiting:
+            tx.cut(cut)
+            tx.done[RESP] = True
+        self._awaiting.clear()
+        if self._request.state is State.PAUSED:
+            self._request.resume()
