@@ -965,7 +965,8 @@ class HttpConnection:
 
     def pending(self) -> list[Exchange]:
         """Snapshots of the exchanges not finished yet (for a live view)."""
-        return [tx.freeze(self.conn_id, tx.ended or "open") for tx in self._txs]
+        return [tx.freeze(self.conn_id, tx.ended or "open")
+                for tx in self._txs if not (tx.done[ORIG] and tx.done[RESP])]
 
     @property
     def tunnel(self) -> bool:

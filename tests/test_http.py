@@ -88,6 +88,7 @@ def test_exchanges_are_handed_out_once_finished():
         ("/a", 200, 3, "open")
     ]
     conn.data(RESP, b"lo", 3000, 3)
+    assert conn.pending() == []  # finished, though not handed out yet
     assert [e.ended for e in conn.exchanges()] == ["complete"]
     assert list(conn.exchanges()) == [] and conn.pending() == []
 
