@@ -7,7 +7,6 @@ and closes both directions, so timestamps and frames can be asserted exactly.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from itertools import pairwise
@@ -19,6 +18,8 @@ from hypothesis import strategies as st
 
 from alb_pcap.http import HEAD_MAX, MAX_PENDING, RESYNC_KEEP, HttpConnection
 from alb_pcap.model import ORIG, RESP, AnomalyLog, Exchange
+
+from .conftest import shared_dir
 
 ENDED = {"complete", "fin", "rst", "gap", "open", "tunnel"}
 
@@ -658,8 +659,8 @@ def test_random_event_sequences_never_raise(ops):
 
 # -- Zeek's traces, replayed through a minimal TCP reader
 
-SHARED = Path(os.environ.get("ALB_PCAP_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-ZEEK = SHARED / "peer" / "zeek"
+SHARED = shared_dir()  # $ALB_PCAP_SHARED, else ../shared beside the checkout
+ZEEK = SHARED / "peer" / "zeek" if SHARED else None
 ZEEK_TRACES = [
     "http-get-basic", "http-pipelining", "http-100-continue", "http-desync-5", "http-smuggle",
     "http261-chunk-2pow64", "http261-cl-negative", "http261-te-cl-desync", "http-cl-overflow",
@@ -749,7 +750,7 @@ def replay_trace(trace: Path) -> tuple[list[Exchange], Counter[str]]:
     return exchanges, anomalies.counts
 
 
-@pytest.mark.skipif(not ZEEK.is_dir(), reason=f"{ZEEK} not found (set ALB_PCAP_SHARED)")
+@pytest.mark.skipif(ZEEK is None, reason="../shared/peer/zeek not found (set ALB_PCAP_SHARED)")
 @pytest.mark.parametrize("name", ZEEK_TRACES)
 def test_zeek_traces_give_the_same_transactions(name):
     spec = json.loads((ZEEK / name / "expected.json").read_text())
@@ -775,7 +776,7 @@ def test_zeek_traces_give_the_same_transactions(name):
     assert anomalies["HTTP_internal_error"] == 0
 
 
-# -- throughput (python tests/test_http.py): a keep-alive stream in 1460-byte segments
+# -- throughput (python -m tests.test_http): a keep-alive stream in 1460-byte segments
 
 if __name__ == "__main__":
     request = b"GET /api/items?id=42 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: b\r\nAccept: */*\r\n\r\n"
