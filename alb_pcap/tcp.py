@@ -52,6 +52,9 @@ INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 # Ports a server listens on, to guess roles when the SYN is missing (Zeek does the same).
 LIKELY_SERVER_PORTS = frozenset({80, 81, 443, 3128, 5000, 8000, 8008, 8080, 8081, 8443, 8888, 9000})
 
+_CONTROL = TH_SYN | TH_FIN | TH_RST
+_SETTLED = frozenset({ESTABLISHED, PARTIAL, CLOSED, RESET})  # no ACK-only segment changes these
+
 _HALF = 1 << 31
 _MOD = 1 << 32
 
@@ -258,24 +261,30 @@ class TcpTracker:
     # -- one segment -----------------------------------------------------------------
 
     def _segment(self, conn: _Conn, direction: int, pkt: Packet) -> None:
+        # The hot path: most segments are in-order data or pure ACKs on an established
+        # connection, so every rarer case is behind one cheap test.
         half = conn.half[direction]
         peer = conn.half[1 - direction]
         half.pkts += 1
         flags = pkt.flags
         size = len(pkt.payload) + pkt.missing
-        self._history(conn, direction, flags, size, pkt)
-        self._endpoint_state(conn, direction, flags)
+        control = flags & _CONTROL
+        if control or pkt.win == 0 or ("d" if size else "a") not in half.letters:
+            self._history(conn, direction, flags, size, pkt)
+        if control or half.state not in _SETTLED:
+            self._endpoint_state(conn, direction, flags)
         if flags & TH_SYN:
             self._syn(conn, half, pkt)
             return
         if half.next_seq is None:
             half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
-        if flags & TH_ACK and peer.next_seq is not None:
-            self._peer_ack(peer, pkt)
+        if flags & TH_ACK and peer.next_seq is not None and not peer.ended:
+            if (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF > 0:
+                self._peer_ack(peer, pkt)
         if flags & TH_RST:
             self._reset(conn, direction, pkt)
             return
-        off = half.next_off + _seq_diff(pkt.seq, half.next_seq)
+        off = half.next_off + (pkt.seq - half.next_seq + _HALF) % _MOD - _HALF
         if size <= 1 and off == half.max_off - 1 and not flags & TH_FIN:
             self._probe(half, pkt, direction)
             return
@@ -287,7 +296,8 @@ class TcpTracker:
             self._data(conn, direction, half, pkt, off, size)
         if flags & TH_FIN:
             self._fin(conn, direction, half, pkt, off + size)
-        self._expire_holes(conn, pkt)
+        if half.hole_ack_off is not None or peer.hole_ack_off is not None:
+            self._expire_holes(conn, pkt)
 
     def _history(self, conn: _Conn, direction: int, flags: int, size: int, pkt: Packet) -> None:
         if flags & TH_SYN:
@@ -351,7 +361,8 @@ class TcpTracker:
             _record(conn, direction, "t", repeatable=True)
         self._deliver(conn, direction, half, pkt.payload[-rel:] if rel else pkt.payload,
                       pkt.missing, pkt.ts_ns, pkt.frame)
-        self._drain(conn, direction, half)
+        if half.buffer or half.fin_off is not None or half.hole_ack_off is not None:
+            self._drain(conn, direction, half)
 
     @staticmethod
     def _probe(half: _Half, pkt: Packet, direction: int) -> None:
@@ -417,12 +428,8 @@ class TcpTracker:
 
     @staticmethod
     def _peer_ack(half: _Half, pkt: Packet) -> None:
-        """The peer acknowledged ``pkt.ack`` of this half's stream."""
-        if half.ended:
-            return
+        """The peer acknowledged ``pkt.ack``, beyond what this half's stream has delivered."""
         rel = _seq_diff(pkt.ack, half.next_seq)
-        if rel <= 0:
-            return
         ack_off = half.next_off + rel
         if half.fin_off is not None and ack_off > half.fin_off:
             ack_off = half.fin_off  # the FIN takes one sequence number but carries no byte
