@@ -750,9 +750,7 @@ class _Decoder:
             if 8 <= udp_length < end - off - 34:
                 end = off + 34 + udp_length
             vni >>= 8
-            off += 50
-            if end - off < 54:
-                return False
+            off += 50  # the inner frame; if the bounds above cut it short, the TCP check below says so
         elif end - off >= 54:
             (
                 ethertype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offset_flags, win,
@@ -767,7 +765,7 @@ class _Decoder:
         tcp = off + 34
         header = offset_flags >> 12 << 2
         wire = total - 20
-        if header < 20 or header > wire or end - tcp < header:
+        if header < 20 or end - tcp < header:  # (end - tcp <= wire: a header beyond wire fails too)
             return False
         if vni is not None:
             self._tunnels[self._vxlan_labels.get(vni) or self._label("vxlan", vni)] += 1
@@ -931,6 +929,8 @@ class _Decoder:
     ) -> Packet | None:
         """Walk the extension headers (RFC 8200 §4) to the upper layer."""
         while next_header in _IPV6_EXTENSIONS:
+            if wire < 8:
+                raise _Skip(MALFORMED, "bogus_IP_header_lengths", "IPv6 extension headers exceed the payload")
             if end - off < 8:
                 raise _Skip(TRUNCATED, "truncated_IP", "IPv6 extension header")
             if next_header == IPPROTO_FRAGMENT:
@@ -1052,6 +1052,8 @@ class _Decoder:
         addresses, and the TCP header's first 18 bytes (ports, seq, ack, offset,
         flags, window, checksum). Never TTL or anything outside this IP header.
         """
+        if wire < 20:
+            raise _Skip(MALFORMED, "truncated_header", f"IP length leaves {wire} bytes for TCP")
         if end - off < 20:
             raise _Skip(TRUNCATED, "truncated_header", "TCP header cut short")
         sport, dport, seq, ack, offset_flags, win = _TCP(buf, off)
