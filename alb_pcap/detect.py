@@ -24,7 +24,7 @@ Times are ns inside; findings' ``ts`` is exported as float seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .correlate import ExchangeRef, Leg, Transaction, host_of
@@ -47,6 +47,8 @@ class Evidence:
     frame: int | None
     ts_ns: int
     what: str
+    side: str | None = None
+    """"client" or "target": the connection it was seen on (places it in the timeline)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +339,7 @@ def _close_finding(kind: str, severity: str, end: ConnectionEnd, close: Close, s
     if end.last is not None:
         evidence.insert(0, _last_data(end.last))
     evidence.append(Evidence(close.frame, close.ts_ns, f"{close.how.upper()} from the {_closer(end, close)}"))
+    evidence = [replace(e, side=end.side) for e in evidence]
     return Finding(kind, severity, close.ts_ns, end.side, client_flow, target_flow, status, summary,
                    tuple(evidence), recommendation)
 
@@ -635,14 +638,17 @@ def _leg_evidence(leg: Leg, where: str) -> list[Evidence]:
     ex, out = leg.exchange, []
     if ex.request_frame is not None:
         out.append(Evidence(ex.request_frame, ex.request_start_ns or 0,
-                            f"{ex.method} {ex.uri} on the {where} connection {ex.flow} (request #{ex.index})"))
+                            f"{ex.method} {ex.uri} on the {where} connection {ex.flow} (request #{ex.index})",
+                            where))
     if ex.response_frame is not None:
-        out.append(Evidence(ex.response_frame, ex.response_start_ns or 0, f"{ex.status} on the {where} connection"))
+        out.append(Evidence(ex.response_frame, ex.response_start_ns or 0,
+                            f"{ex.status} on the {where} connection", where))
     if leg.cut is not None:
         who = _who(leg.cut.by, where)
-        out.append(Evidence(leg.cut.close.frame, leg.cut.close.ts_ns, f"{leg.cut.close.how.upper()} from the {who}"))
+        out.append(Evidence(leg.cut.close.frame, leg.cut.close.ts_ns,
+                            f"{leg.cut.close.how.upper()} from the {who}", where))
         if leg.cut.rst is not None and leg.cut.rst is not leg.cut.close:
-            out.append(Evidence(leg.cut.rst.frame, leg.cut.rst.ts_ns, f"RST from the {_rst_who(leg, where)}"))
+            out.append(Evidence(leg.cut.rst.frame, leg.cut.rst.ts_ns, f"RST from the {_rst_who(leg, where)}", where))
     return out
 
 

@@ -64,6 +64,11 @@ class DiagnosisResult:
     timers: tuple[Timer, ...]
     verdict: tuple[str, ...]
     counts: Counts
+    connections: tuple[Connection, ...] = ()
+    """The connections of kept findings and failing exchanges, for their timelines."""
+
+    def connection(self, flow: str | None) -> Connection | None:
+        return next((c for c in self.connections if c.flow == flow), None)
 
 
 class _Activity:
@@ -79,6 +84,7 @@ class _Activity:
 
 
 MAX_FAILING_PER_CONN = 8
+MAX_KEPT_CONNECTIONS = 2000
 
 
 class Diagnosis:
@@ -93,6 +99,7 @@ class Diagnosis:
         self._open: dict[int, _Activity] = {}
         self._findings: list[Finding] = []
         self._kinds: Counter[str] = Counter()
+        self._conns: list[Connection] = []
         self._now = 0
 
     # -- Sink ---------------------------------------------------------------------
@@ -119,6 +126,8 @@ class Diagnosis:
         found = [f for f in (d(end) for d in CONNECTION_DETECTORS) if f is not None]
         for f in found:
             self._add(f)
+        if (found or act.failing) and len(self._conns) < MAX_KEPT_CONNECTIONS:
+            self._conns.append(conn)
         self._observe(end, {f.kind for f in found})
         self._advance(conn.end_ns)
 
@@ -135,6 +144,7 @@ class Diagnosis:
             proxies=correlation.proxies, transactions=correlation.transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
             verdict=verdict(timers, self._kinds, correlation, self.roles), counts=correlation.counts,
+            connections=tuple(self._conns),
         )
 
     # -- connections ---------------------------------------------------------------
@@ -318,7 +328,8 @@ def finding_dict(f: Finding) -> dict:
         "kind": f.kind, "severity": f.severity, "ts": _sec(f.ts_ns), "side": f.side,
         "client_flow": f.client_flow, "target_flow": f.target_flow, "status": f.status,
         "summary": f.summary,
-        "evidence": [{"frame": e.frame, "ts": _sec(e.ts_ns), "what": e.what} for e in f.evidence],
+        "evidence": [{"frame": e.frame, "ts": _sec(e.ts_ns), "side": e.side, "what": e.what}
+                     for e in f.evidence],
         "recommendation": f.recommendation,
     }
 

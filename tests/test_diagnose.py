@@ -55,7 +55,8 @@ def test_finding_dict_has_the_issue_fields():
     d = finding_dict(sink.finish().findings[0])
     assert list(d) == ["kind", "severity", "ts", "side", "client_flow", "target_flow", "status", "summary",
                        "evidence", "recommendation"]
-    assert isinstance(d["ts"], float) and set(d["evidence"][0]) == {"frame", "ts", "what"}
+    assert isinstance(d["ts"], float) and set(d["evidence"][0]) == {"frame", "ts", "side", "what"}
+    assert {e["side"] for e in d["evidence"]} == {"client", "target"}
 
 
 def test_result_dict_is_json():
