@@ -12,8 +12,10 @@ eagerly, so a file that cannot be analysed at all fails with a one-line
 (possibly decompressed) file and decoded in place with precompiled ``struct``
 objects: no per-layer objects, no copy of the frame. Only the TCP payload is
 copied, into the ``model.Packet`` that leaves. Memory is bounded by one chunk
-(or one record, at most ``MAX_RECORD_LEN``), the duplicate window and the
-fragment buffer; it does not grow with the capture's length.
+(or one record or block, at most ``MAX_BLOCK_LEN``), the duplicate window and
+the fragment buffer; it does not grow with the capture's length. The common
+shapes (Ethernet/IPv4/TCP, bare or in VXLAN) take ``fast_ethernet``, one struct
+call per frame; everything else, and anything odd about those, ``decode``.
 
 Decoding peels layers until it reaches TCP:
 
@@ -83,6 +85,7 @@ DEDUP_WINDOW_NS = 2_000_000
 FRAGMENT_TIMEOUT_NS = 30_000_000_000  # Linux ipfrag_time
 MAX_PENDING_DATAGRAMS = 256
 MAX_PENDING_FRAGMENT_BYTES = 8 << 20
+MAX_FRAGMENTS_PER_DATAGRAM = 64  # each fragment re-checks coverage: keep that cheap
 MAX_TUNNEL_DEPTH = 8
 MAX_RECORD_LEN = 262_144  # Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD
 MAX_BLOCK_LEN = 16 << 20  # pcapng blocks carry options, so more than a record
@@ -201,7 +204,7 @@ class _Damaged(Exception):
 
 
 # Records: (ts_ns, linktype, buffer, start, end); the frame is buffer[start:end].
-Record = tuple[int, int, bytes, int, int]
+_Record = tuple[int, int, bytes, int, int]
 
 
 def open_capture(
@@ -325,7 +328,7 @@ class Capture:
 # --- opening and sniffing ---------------------------------------------------
 
 
-def _open_file(name: str) -> io.BufferedIOBase:
+def _open_file(name: str) -> io.BufferedReader:
     try:
         return open(name, "rb")  # noqa: SIM115 - Capture.close() owns it
     except FileNotFoundError:
@@ -346,11 +349,13 @@ def _read_head(stream: io.BufferedIOBase, n: int, name: str) -> bytes:
         raise CaptureError(f"{name}: cannot read: {exc}") from None
 
 
-def _maybe_gunzip(raw: io.BufferedIOBase, name: str) -> tuple[io.BufferedIOBase, bool]:
-    magic = _read_head(raw, 2, name)
+def _maybe_gunzip(raw: io.BufferedReader, name: str) -> tuple[io.BufferedIOBase, bool]:
+    try:
+        magic = raw.peek(2)[:2]  # peek, not seek: a pipe works too
+    except OSError as exc:
+        raise CaptureError(f"{name}: cannot read: {exc}") from None
     if not magic:
         raise CaptureError(f"{name}: empty file")
-    raw.seek(0)
     if magic != _GZIP_MAGIC:
         return raw, False
     return gzip.GzipFile(fileobj=raw, mode="rb"), True
@@ -432,7 +437,7 @@ class _PcapReader:
             raise CaptureError(f"{name}: unsupported pcap version {major}")
         return cls(stream, byte_order, nanos, network & 0x03FFFFFF)  # upper bits: FCS length
 
-    def records(self) -> Iterator[Record]:
+    def records(self) -> Iterator[_Record]:
         """Frames until the end of the file, or until it turns out damaged (``damage``)."""
         # The stage's hottest loop: _ByteSource.take() inlined.
         source = self._source
@@ -562,7 +567,7 @@ class _PcapngReader:
         _check_shb_body(body, byte_order, length, name)
         return cls(stream, byte_order, name)
 
-    def records(self) -> Iterator[Record]:
+    def records(self) -> Iterator[_Record]:
         """Frames until the end of the file, or until it turns out damaged (``damage``)."""
         try:
             while True:
@@ -613,7 +618,7 @@ class _PcapngReader:
             raise _Damaged("corrupt_capture_file", str(exc)) from None
         self._section = _Section(byte_order)
 
-    def _packet_record(self, block_type: int, buf: bytes, body: int, size: int) -> Record | None:
+    def _packet_record(self, block_type: int, buf: bytes, body: int, size: int) -> _Record | None:
         """The frame in a packet block; None for any other block (after noting interfaces)."""
         section = self._section
         if block_type == _BLOCK_EPB:
@@ -639,7 +644,7 @@ class _PcapngReader:
 
     def _record(
         self, interface_id: int, high: int, low: int, buf: bytes, start: int, caplen: int, room: int
-    ) -> Record:
+    ) -> _Record:
         if caplen > room:
             raise _Damaged("corrupt_capture_file", f"pcapng packet of {caplen} bytes in a {room}-byte block")
         interface = self._interface(interface_id)
@@ -769,7 +774,6 @@ class _Decoder:
             return False
         if vni is not None:
             self._tunnels[self._vxlan_labels.get(vni) or self._label("vxlan", vni)] += 1
-        # _tcp's key, read in one piece: IP length and id, then addresses and TCP header
         # _tcp's duplicate key read in two pieces (IP length and id; addresses and
         # TCP header), then _seen() inlined: a call costs 5% of this path.
         key = buf[off + 16 : off + 20] + buf[off + 26 : tcp + 18]
@@ -1244,6 +1248,9 @@ class _Reassembler:
         datagram = self._pending.get(key)
         if datagram is None:
             datagram = self._pending[key] = _Datagram(frame, ts_ns)
+        elif len(datagram.pieces) >= MAX_FRAGMENTS_PER_DATAGRAM:
+            self._give_up(key, f"more than {MAX_FRAGMENTS_PER_DATAGRAM} fragments")
+            return None
         if datagram.overlap_differs(offset, data):
             self._anomalies.add("fragment_inconsistency", frame, ts_ns, detail="overlapping fragments differ")
         datagram.pieces.append((offset, data))

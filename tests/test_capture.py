@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import struct
+import threading
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -191,6 +192,20 @@ def test_reading_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert [p.payload for p in packets] == [bytes([i]) * i for i in range(1, 40)]
 
 
+def test_a_pipe_is_read_like_a_file(tmp_path: Path) -> None:
+    """No seeking: ``alb-pcap analyze <(zcat capture.pcap.gz)`` must work."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = gzip.compress(pcap([ethernet(ipv4(tcp(REQUEST)))]))
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        with open_capture(fifo, AnomalyLog()) as cap:
+            assert [p.payload for p in cap.packets()] == [REQUEST]
+    finally:
+        writer.join()
+
+
 def test_packets_streams_once_and_close_closes(tmp_path: Path) -> None:
     path = tmp_path / "c.pcap"
     path.write_bytes(pcap([ethernet(ipv4(tcp(REQUEST)))]))
@@ -267,10 +282,17 @@ def test_mpls_label_stacks_then_ip_by_version_nibble(tmp_path: Path, frame: byte
     assert only(pcap([frame]), tmp_path).payload == REQUEST
 
 
-def test_ethernet_padding_stays_out_of_the_payload(tmp_path: Path) -> None:
-    frame = ethernet(ipv4(tcp(b"ab")), pad_to=60)
-    assert len(frame) == 60
-    packet = only(pcap([frame + b"\xde\xad\xbe\xef"]), tmp_path)  # and an FCS
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ethernet(ipv4(tcp(b"ab")), pad_to=60),
+        ethernet(ipv4(tcp(b"ab"), options=b"\x01" * 4), pad_to=64),
+        ethernet(ipv6(tcp(b"ab")), ethertype=0x86DD),
+    ],
+    ids=["ipv4", "ipv4-options", "ipv6"],
+)
+def test_link_padding_and_trailers_stay_out_of_the_payload(tmp_path: Path, frame: bytes) -> None:
+    packet = only(pcap([frame + b"\xde\xad\xbe\xef"]), tmp_path)  # padding, then an FCS
     assert (packet.payload, packet.missing) == (b"ab", 0)
 
 
@@ -444,6 +466,13 @@ def test_fragment_buffer_is_bounded(tmp_path: Path) -> None:
     assert log.counts["unreassembled_fragments"] == MAX_PENDING_DATAGRAMS + 44
     assert log.kept[0].frame == 1  # the oldest goes first
     assert why == Counter({"reassembly buffer full": 44, "capture ended first": 56})  # 100 kept per name
+
+
+def test_fragments_per_datagram_are_bounded(tmp_path: Path) -> None:
+    cuts = list(range(8, 8 * (capture.MAX_FRAGMENTS_PER_DATAGRAM + 6), 8))
+    packets, stats, log = run(pcap(ipv4_fragments(SEGMENT, cuts), step_ns=US), tmp_path)
+    assert packets == []
+    assert log.kept[0].detail == f"64 fragment(s): more than {capture.MAX_FRAGMENTS_PER_DATAGRAM} fragments"
 
 
 def test_fragment_cut_by_snap_length_cannot_be_reassembled(tmp_path: Path) -> None:
