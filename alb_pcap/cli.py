@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import replace
+from datetime import datetime
 
 import click
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__, export, pipeline, report
+from .detect import KINDS
+from .diagnose import Diagnosis, DiagnosisResult, narrow, result_dict, score
 from .model import CaptureError
+
+PROGRESS_MIN_BYTES = 20_000_000  # smaller captures finish before a progress bar is worth drawing
 
 
 @click.group()
@@ -18,9 +26,20 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=True))
-@click.option("--json", "json_out", metavar="FILE|-", help="Write the findings as JSON ('-' for stdout).")
-def analyze(captures: tuple[str, ...], json_out: str | None) -> None:
+@click.argument("captures", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "json_out", metavar="FILE|-", help="Write everything as JSON ('-' for stdout).")
+@click.option("--proxy", "proxies", multiple=True, metavar="IP",
+              help="An address of the proxy (repeatable); found from the traffic when not given.")
+@click.option("--listener", "listeners", multiple=True, type=int, metavar="PORT",
+              help="A port clients connect to on the proxy (repeatable).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only findings of this kind.")
+@click.option("--flow", help="Only findings on this flow (any part of 'ip:port->ip:port').")
+@click.option("--around", metavar="TIME", help="Only findings within --window of TIME (epoch seconds or ISO 8601).")
+@click.option("--window", default=60.0, show_default=True, help="Seconds either side of --around.")
+@click.option("--max-timelines", default=10, show_default=True, help="Timelines drawn at most.")
+def analyze(captures: tuple[str, ...], json_out: str | None, proxies: tuple[str, ...],
+            listeners: tuple[int, ...], kinds: tuple[str, ...], flow: str | None, around: str | None,
+            window: float, max_timelines: int) -> None:
     """Explain 502/504/460 responses in CAPTURE(s): pcap, pcapng, gzip'ed or not.
 
     Several captures (the client side and the target side, say) are read as one timeline.
@@ -28,27 +47,103 @@ def analyze(captures: tuple[str, ...], json_out: str | None) -> None:
     Example:
 
     \b
-        alb-pcap analyze sample_captures/alb-keepalive-race.pcap
-        alb-pcap analyze front.pcap back.pcap --json findings.json
+        alb-pcap analyze sample_captures/alb-keepalive-race-mirror.pcap
+        alb-pcap analyze front.pcap back.pcap --kind keepalive_race --json findings.json
     """
-    sinks = [export.JsonExport()] if json_out else []
+    around_ns = _parse_time(around) if around else None
+    diagnosis = Diagnosis(proxies=proxies, listeners=listeners)
+    json_sink = export.JsonExport() if json_out else None
+    sinks = [diagnosis] + ([json_sink] if json_sink else [])
+    summary, result = _run(captures, sinks, diagnosis)
+    result = replace(result, findings=narrow(result.findings, kinds, flow, around_ns, int(window * 1e9)))
+    if json_sink:
+        _write_json(json_sink, summary, result, json_out)
+    if json_out != "-":
+        console = Console()
+        console.print(report.summary_view(summary))
+        console.print(report.diagnosis_view(result, result.findings, max_timelines))
+
+
+@cli.command(name="score")
+@click.argument("captures", nargs=-1, required=True, type=click.Path())
+@click.option("--expected", "expected_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A lab ground-truth file (*.expected.json).")
+def score_command(captures: tuple[str, ...], expected_path: str) -> None:
+    """Compare alb-pcap's findings on CAPTURE(s) with a lab run's ground truth.
+
+    Prints matched, missed and extra findings with precision and recall; exits 1 when any
+    expected finding was missed.
+
+    Example:
+
+    \b
+        alb-pcap score lab-out/keepalive-race-nginx.pcap --expected lab-out/keepalive-race-nginx.expected.json
+    """
+    diagnosis = Diagnosis()
+    _, result = _run(captures, [diagnosis], diagnosis)
     try:
-        summary = pipeline.analyze(list(captures), sinks)
+        s = score(result, expected_path)
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(f"{expected_path}: not a ground-truth file ({e})") from e
+    for label, items in (("matched", s.matched), ("missed", s.missed), ("extra", s.extra)):
+        for item in items:
+            click.echo(f"{label:8} {item.get('kind')} {item.get('side')} status={item.get('status')} ts={item.get('ts')}")
+    click.echo(f"precision {s.precision:.2f}  recall {s.recall:.2f}  "
+               f"({len(s.matched)} matched, {len(s.missed)} missed, {len(s.extra)} extra)")
+    if s.missed:
+        sys.exit(1)
+
+
+def _run(captures, sinks, diagnosis: Diagnosis) -> tuple[pipeline.Summary, DiagnosisResult]:
+    try:
+        with _progress(captures) as tick:
+            summary = pipeline.analyze(list(captures), sinks, progress=tick)
     except CaptureError as e:
         raise click.ClickException(str(e)) from e
-    if json_out:
-        _write_json(sinks[0], summary, json_out)
-    if json_out != "-":
-        Console().print(report.summary_view(summary))
+    return summary, diagnosis.finish()
 
 
-def _write_json(sink: export.JsonExport, summary: pipeline.Summary, target: str) -> None:
+class _progress:
+    """A packet counter on stderr for large captures, only when stderr is a terminal."""
+
+    def __init__(self, captures) -> None:
+        size = sum(os.path.getsize(c) for c in captures if os.path.isfile(c))
+        self.bar = None
+        if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES:
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.completed:,} packets"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+        self.bar.start()
+        task = self.bar.add_task("reading")
+        return lambda n: self.bar.update(task, completed=n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _parse_time(text: str) -> int:
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither epoch seconds nor an ISO 8601 time",
+                                 param_hint="--around") from None
+
+
+def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
     if target == "-":
-        sink.finish(summary, sys.stdout)
+        sink.finish(summary, sys.stdout, result_dict(result))
         return
     try:
         with open(target, "w", encoding="utf-8") as out:
-            sink.finish(summary, out)
+            sink.finish(summary, out, result_dict(result))
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 

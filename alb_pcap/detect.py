@@ -642,7 +642,7 @@ def _leg_evidence(leg: Leg, where: str) -> list[Evidence]:
                             where))
     if ex.response_frame is not None:
         out.append(Evidence(ex.response_frame, ex.response_start_ns or 0,
-                            f"{ex.status} on the {where} connection", where))
+                            f"{ex.status} response on the {where} connection", where))
     if leg.cut is not None:
         who = _who(leg.cut.by, where)
         out.append(Evidence(leg.cut.close.frame, leg.cut.close.ts_ns,

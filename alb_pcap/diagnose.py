@@ -436,3 +436,15 @@ def _matches(want: dict, got: dict, default_tol: float) -> bool:
     if want.get("ts") is None:
         return True
     return abs(want["ts"] - got["ts"]) <= float(want.get("ts_tolerance_s", default_tol))
+
+
+def narrow(findings: tuple[Finding, ...], kinds: tuple[str, ...] = (), flow: str | None = None,
+           around_ns: int | None = None, window_ns: int = 60 * SEC) -> tuple[Finding, ...]:
+    """The findings a user asked to see: of these kinds, on a flow (substring), near a time."""
+    def wanted(f: Finding) -> bool:
+        if kinds and f.kind not in kinds:
+            return False
+        if flow and not any(flow in (x or "") for x in (f.client_flow, f.target_flow)):
+            return False
+        return around_ns is None or abs(f.ts_ns - around_ns) <= window_ns
+    return tuple(f for f in findings if wanted(f))

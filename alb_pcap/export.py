@@ -128,7 +128,8 @@ class JsonExport:
         spool.write(json.dumps(record, separators=(",", ":")))
         self._counts[name] += 1
 
-    def finish(self, summary: Summary, out: IO[str], extra: dict | None = None) -> None:
+    def finish(self, summary: Summary, out: IO[str], diagnosis: dict | None = None) -> None:
+        """``diagnosis``: ``diagnose.result_dict`` of the run (findings, proxies, timers...)."""
         head = {
             "schema": SCHEMA,
             "captures": [capture_dict(c) for c in summary.captures],
@@ -143,8 +144,8 @@ class JsonExport:
             },
             "anomalies": [anomaly_dict(a) for a in summary.anomalies.kept],
             "findings": [],
-            **(extra or {}),
         }
+        head.update(diagnosis or {})
         text = json.dumps(head, indent=1)
         out.write(text[:-2])  # reopen the object to append the spooled arrays
         for name, spool in self._spools.items():
