@@ -85,11 +85,12 @@ def score_command(captures: tuple[str, ...], expected_path: str) -> None:
         s = score(result, expected_path)
     except (ValueError, KeyError) as e:
         raise click.ClickException(f"{expected_path}: not a ground-truth file ({e})") from e
-    for label, items in (("matched", s.matched), ("missed", s.missed), ("extra", s.extra)):
+    for label, items in (("missed", s.missed), ("extra", s.extra)):
         for item in items:
-            click.echo(f"{label:8} {item.get('kind')} {item.get('side')} status={item.get('status')} ts={item.get('ts')}")
+            click.echo(f"{label:7} {item.get('kind')} side={item.get('side')} status={item.get('status')} "
+                       f"ts={item.get('ts')}")
     click.echo(f"precision {s.precision:.2f}  recall {s.recall:.2f}  "
-               f"({len(s.matched)} matched, {len(s.missed)} missed, {len(s.extra)} extra)")
+               f"({s.matched} of {s.expected} expected found, {len(s.missed)} missed, {len(s.extra)} extra)")
     if s.missed:
         sys.exit(1)
 
