@@ -33,12 +33,14 @@ def _counter_table(title: str, label: str, counts: dict) -> Table:
 
 def captures_table(summary: Summary) -> Table:
     table = Table(title="Captures", title_justify="left", show_edge=False)
-    for col in ("file", "format", "frames", "decoded", "duplicate", "skipped", "truncated"):
-        table.add_column(col, justify="left" if col in ("file", "format") else "right")
+    for col in ("file", "format", "frames", "decoded", "duplicate", "skipped", "truncated", "tunnels"):
+        table.add_column(col, justify="right" if col in ("frames", "decoded", "duplicate", "truncated") else "left",
+                         overflow="fold")
     for c in summary.captures:
         skipped = ", ".join(f"{n} {reason}" for reason, n in c.skipped.most_common()) or "0"
+        tunnels = ", ".join(f"{name}: {n}" for name, n in c.tunnels.most_common()) or "none"
         table.add_row(c.path, c.format, str(c.frames), str(c.decoded), str(c.duplicates),
-                      skipped, str(c.truncated))
+                      skipped, str(c.truncated), tunnels)
     return table
 
 
