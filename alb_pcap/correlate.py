@@ -33,6 +33,8 @@ connection's opener marks a back connection; everything else is front.
 from __future__ import annotations
 
 import heapq
+from collections import deque
+from typing import Callable
 from dataclasses import dataclass, field
 
 from .model import Close, Exchange
@@ -379,12 +381,17 @@ class Correlator:
         self.roles = roles
         self.window_ns = window_ns
         self.settle_ns = settle_ns
-        self._fronts: dict[tuple, list[_Tx]] = {}
-        self._backs: dict[tuple, list[ExchangeRef]] = {}
+        # Per pairing key, newest last. Entries are dropped lazily (see _pending): one client
+        # polling one URI puts thousands of exchanges under one key.
+        self._fronts: dict[tuple, deque[_Tx]] = {}
+        self._backs: dict[tuple, deque[ExchangeRef]] = {}
         self._queue: list[tuple[int, int, object]] = []  # (deadline, seq, _Tx | ExchangeRef)
         self._seq = 0
         self._where: dict[tuple[int, int], _Tx | None] = {}  # exchange -> its tx (None: waiting back)
         self._cuts: dict[tuple[int, int], Cut] = {}
+        self._unclaimed: dict[tuple[int, int], ExchangeRef] = {}  # backs waiting for their front
+        self._settling: dict[int, _Tx] = {}  # client connection -> its last healthy transaction
+        self._next_sweep = 0
         self._kept: list[_Tx] = []
         self._counts: dict[str, int] = dict.fromkeys(Counts.__dataclass_fields__, 0)
 
@@ -400,6 +407,12 @@ class Correlator:
             self._add_back(ref)
         return side
 
+    def release(self, conn_id: int) -> None:
+        """A client connection closed: its last healthy transaction can no longer be cut."""
+        tx = self._settling.pop(conn_id, None)
+        if tx is not None:
+            self._close(tx)
+
     def cut(self, key: tuple[int, int], cut: Cut) -> None:
         """A connection closed while this exchange was outstanding (known only at its close)."""
         if key in self._where:  # else a healthy transaction already counted and dropped
@@ -409,12 +422,23 @@ class Correlator:
         while self._queue and self._queue[0][0] < now_ns:
             _, _, item = heapq.heappop(self._queue)
             self._expire(item)
+        if now_ns >= self._next_sweep:
+            self._next_sweep = now_ns + SEC
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop pairing keys whose entries are all settled (a key per client and URI adds up)."""
+        for index, alive in ((self._fronts, _alive_front), (self._backs, lambda b: b.key in self._unclaimed)):
+            for key in list(index):
+                _pending(index, key, alive)
 
     def widen(self, window_ns: int) -> None:
         """An idle timeout longer than the window was seen: wait at least that long."""
         self.window_ns = max(self.window_ns, window_ns)
 
     def finish(self) -> Correlation:
+        for conn_id in list(self._settling):
+            self.release(conn_id)
         for _, _, item in sorted(self._queue):
             self._expire(item)
         self._queue.clear()
@@ -429,20 +453,33 @@ class Correlator:
         for key in _front_keys(ref):
             for back in self._take_backs(key, ref):
                 self._attach(tx, back, "request id" if key[0] == "id" else "x-forwarded-for")
-        for key in _front_keys(ref):
-            self._fronts.setdefault(key, []).append(tx)
-        wait = self.window_ns if ref.interesting else self.settle_ns
-        self._push(ref.last_ns + wait, tx)
+        if not tx.backs:  # its back may still come (merged captures, a proxy still waiting)
+            for key in _front_keys(ref):
+                self._fronts.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(tx)
+        if ref.interesting or any(b.interesting for b in tx.backs):
+            self._push(ref.last_ns + self.window_ns, tx)
+        else:
+            self._settle(tx)  # the usual case: memory stays flat under load
+
+    def _settle(self, tx: _Tx) -> None:
+        """Hold a paired, healthy transaction only until its connection shows it was not cut.
+
+        A client connection closing early (the client gave up; the proxy still relayed the
+        answer) is known only when the connection closes, and only its last exchange can be
+        cut: the next exchange on the connection, or its close, settles this one.
+        """
+        previous = self._settling.pop(tx.front.conn_id, None)
+        if previous is not None:
+            self._close(previous)
+        self._settling[tx.front.conn_id] = tx
 
     def _take_backs(self, key: tuple, front: ExchangeRef) -> list[ExchangeRef]:
-        waiting = self._backs.get(key, [])
+        waiting = _pending(self._backs, key, lambda b: b.key in self._unclaimed)
         matches = [b for b in waiting if causal(front, b, self.window_ns)]
         answered = [b for b in matches if b.answered]
         if len(answered) > 1:  # same client, same URI, overlapping: keep the closest in time
             best = min(answered, key=lambda b: b.start_ns - front.start_ns)
             matches = [b for b in matches if not b.answered or b is best]
-        for b in matches:
-            self._unindex_back(b)
         return matches
 
     def _add_back(self, ref: ExchangeRef) -> None:
@@ -452,31 +489,27 @@ class Correlator:
                 self._attach(tx, ref, "request id" if key[0] == "id" else "x-forwarded-for")
                 return
         self._where[ref.key] = None
+        self._unclaimed[ref.key] = ref
         for key in _back_keys(ref):
-            self._backs.setdefault(key, []).append(ref)
-        self._push(ref.last_ns + self.window_ns, ref)
+            self._backs.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(ref)
+        # the queue holds only the key: a claimed back must not stay alive until its deadline
+        self._push(ref.last_ns + (self.window_ns if ref.interesting else self.settle_ns), ref.key)
 
     def _best_front(self, key: tuple, back: ExchangeRef) -> _Tx | None:
         def free(tx: _Tx) -> bool:  # one answered back per front; failed tries may precede it
             return not tx.done and not (back.answered and any(b.answered for b in tx.backs))
 
-        candidates = [tx for tx in self._fronts.get(key, ()) if free(tx) and causal(tx.front, back, self.window_ns)]
+        waiting = _pending(self._fronts, key, _alive_front)
+        candidates = [tx for tx in waiting if free(tx) and causal(tx.front, back, self.window_ns)]
         return min(candidates, key=lambda tx: back.start_ns - tx.front.start_ns, default=None)
 
     def _attach(self, tx: _Tx, back: ExchangeRef, how: str) -> None:
         tx.backs.append(back)
+        self._unclaimed.pop(back.key, None)
         tx.paired_by = tx.paired_by or how
         self._where[back.key] = tx
         if tx.front is not None:
             self.roles.learn(tx.front, back)
-
-    def _unindex_back(self, back: ExchangeRef) -> None:
-        for key in _back_keys(back):
-            waiting = self._backs.get(key)
-            if waiting and back in waiting:
-                waiting.remove(back)
-                if not waiting:
-                    del self._backs[key]
 
     # -- expiry ------------------------------------------------------------------
 
@@ -486,19 +519,9 @@ class Correlator:
 
     def _expire(self, item: object) -> None:
         if isinstance(item, _Tx):
-            self._unindex_front(item)
             self._close(item)
-        elif self._where.get(item.key, 0) is None:  # a back nobody claimed
-            self._unindex_back(item)
-            self._close(_Tx(None, [item]))
-
-    def _unindex_front(self, tx: _Tx) -> None:
-        for key in _front_keys(tx.front):
-            waiting = self._fronts.get(key)
-            if waiting and tx in waiting:
-                waiting.remove(tx)
-                if not waiting:
-                    del self._fronts[key]
+        elif (back := self._unclaimed.pop(item, None)) is not None:  # a back nobody claimed
+            self._close(_Tx(None, [back]))
 
     def _close(self, tx: _Tx) -> None:
         """The transaction can change no more: count it, and keep it if it is interesting."""
@@ -531,6 +554,35 @@ class Correlator:
 
         backs = tuple(leg(b) for b in sorted(tx.backs, key=lambda b: b.start_ns))
         return Transaction(leg(tx.front) if tx.front else None, backs, tx.paired_by)
+
+
+MAX_CANDIDATES = 64
+"""Pending exchanges looked at per key, newest first: the pair is nearly always the newest."""
+MAX_PER_KEY = 4 * MAX_CANDIDATES
+"""Pending exchanges remembered per key; older ones fall off (they would never be looked at)."""
+
+
+def _alive_front(tx: _Tx) -> bool:
+    return not tx.done
+
+
+def _pending(index: dict[tuple, deque], key: tuple, alive: Callable[[object], bool]) -> list:
+    """The live entries under ``key``, newest first; dead ones are trimmed from the old end."""
+    waiting = index.get(key)
+    if not waiting:
+        return []
+    while waiting and not alive(waiting[0]):
+        waiting.popleft()
+    if not waiting:
+        del index[key]
+        return []
+    out = []
+    for item in reversed(waiting):
+        if alive(item):
+            out.append(item)
+            if len(out) == MAX_CANDIDATES:
+                break
+    return out
 
 
 def _tx_start(tx: _Tx) -> int:

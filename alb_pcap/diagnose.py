@@ -121,6 +121,7 @@ class Diagnosis:
         act = self._open.pop(conn.id, None) or _Activity()
         side = self._conn_side(conn, act)
         outstanding = self._cut(conn, act)
+        self.correlator.release(conn.id)
         end = ConnectionEnd(conn, "client" if side == "front" else "target", act.last_http_ns,
                             act.last[0] if act.last else None, outstanding)
         found = [f for f in (d(end) for d in CONNECTION_DETECTORS) if f is not None]

@@ -120,13 +120,25 @@ def test_healthy_pairs_are_counted_not_kept():
 
 
 def test_memory_is_bounded_by_the_window():
-    # a client-side-only capture: nothing ever pairs, yet little is held at any time
+    # a client-side-only capture: nothing ever pairs, yet little is held at any time; a healthy
+    # exchange waits only until its connection's next exchange or close (here: each closes)
     c = correlator()
     for i in range(3000):
         c.add(ref_of(make_exchange(conn_id=i, start=i * 0.1), CLIENT_FLOW))
         c.advance(ns(i * 0.1))
+        c.release(i)
     assert len(c._queue) < 200 and len(c._where) < 200
+    assert sum(len(q) for q in c._fronts.values()) < 300
     assert c.finish().counts.unpaired_front == 3000
+
+
+def test_healthy_exchanges_on_one_connection_settle_each_other():
+    c = correlator()
+    for i in range(1, 3001):
+        c.add(ref_of(make_exchange(conn_id=1, index=i, start=i * 0.01), CLIENT_FLOW))
+        c.advance(ns(i * 0.01))
+    assert len(c._settling) == 1 and len(c._where) < 10
+    assert c.finish().counts.transactions == 3000
 
 
 def test_cut_marks_an_exchange_interesting():
