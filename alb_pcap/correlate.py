@@ -128,23 +128,24 @@ class ExchangeRef:
 
 
 def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
+    # One pass per header list (the last value wins, as Exchange.header): this runs per exchange.
+    request = {name.lower(): value for name, value in ex.request_headers}
+    response = {name.lower(): value for name, value in ex.response_headers}
     return ExchangeRef(
-        flow=flow, conn_id=ex.conn_id, index=ex.index, method=ex.method, uri=ex.uri,
-        status=ex.status, ended=ex.ended,
-        request_start_ns=ex.request_start_ns, request_end_ns=ex.request_end_ns,
-        response_start_ns=ex.response_start_ns, response_end_ns=ex.response_end_ns,
-        request_frame=ex.request_frame, response_frame=ex.response_frame,
-        request_ids=_request_ids(ex), forwarded_for=_last_hop(ex.header("x-forwarded-for")),
-        forwarded_port=_int(ex.header("x-forwarded-port")), server=ex.header("server", response=True),
-        request_close=_asks_close(ex.header("connection"), ex.version),
-        response_close=_asks_close(ex.header("connection", response=True), None),
+        flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
+        ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
+        ex.request_frame, ex.response_frame,
+        _request_ids(request), _last_hop(request.get("x-forwarded-for")),
+        _int(request.get("x-forwarded-port")), response.get("server"),
+        _asks_close(request.get("connection"), ex.version),
+        _asks_close(response.get("connection"), None),
     )
 
 
-def _request_ids(ex: Exchange) -> tuple[str, ...]:
+def _request_ids(headers: dict[str, str]) -> tuple[str, ...]:
     ids = []
     for name in ID_HEADERS:
-        value = ex.header(name)
+        value = headers.get(name)
         if value:
             ids.append(_trace_root(value) if name == "x-amzn-trace-id" else value.strip())
     return tuple(ids)
@@ -173,6 +174,8 @@ def _int(text: str | None) -> int | None:
 
 
 def _asks_close(connection: str | None, version: str | None) -> bool:
+    if connection is None and version != "HTTP/1.0":
+        return False
     tokens = {t.strip().lower() for t in (connection or "").split(",")}
     if "close" in tokens:
         return True

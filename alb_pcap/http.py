@@ -288,32 +288,68 @@ def _status_line(line: str) -> tuple[str, int, str]:
     return m[1], int(m[2]), m[3] or ""
 
 
-def _fields(lines: list[str], warn: Warn) -> Fields:
-    """Field lines as (name, value), in order, duplicates kept, names as sent."""
+def _fields(lines: list[str], warn: Warn) -> tuple[Fields, list[tuple[str, str]]]:
+    """Field lines as (name, value), in order, duplicates kept, names as sent.
+
+    Also returns the fields in _FRAMING_NAMES, in order: what body_framing()
+    and the Upgrade check need, without a second pass over every field.
+    """
     fields: list[tuple[str, str]] = []
+    framing: list[tuple[str, str]] = []
+    known = _FIELD_LINES
+    odd = False  # a line off the usual path: framing is picked again at the end
     for line in lines:
-        if line and line[0] in " \t":
-            # obs-fold (RFC 9112 §5.2): a continuation of the previous value.
-            if fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + " " + line.strip(" \t"))
+        usual = known.get(line)
+        if usual is None:
+            name, colon, value = line.partition(":")
+            if colon and name and name[0] not in " \t" and name[-1] not in " \t":
+                # The usual "Name: value", remembered for the next message.
+                usual = (name, value.strip(" \t")), name.lower() in _FRAMING_NAMES
+                _remember(known, line, usual)
             else:
-                warn("HTTP_bad_header_line", line[:80])
-            continue
-        name, colon, value = line.partition(":")
-        # RFC 9112 §5.1: no whitespace between name and colon. We keep such a
-        # field as sent, so "Transfer-Encoding :" does not frame the message,
-        # which is what a compliant server does (it rejects the request).
-        if not colon or not name or name[-1] in " \t":
-            warn("HTTP_bad_header_line", line[:80])
-            if not colon or not name:
+                odd = True
+                _odd_field_line(fields, line, name, colon, value, warn)
                 continue
+        field, frames = usual
+        fields.append(field)
+        if frames:
+            framing.append(field)
+    if odd:  # a fold may have changed a value picked out above
+        framing = [field for field in fields if field[0].lower() in _FRAMING_NAMES]
+    return tuple(fields), framing
+
+
+def _odd_field_line(
+    fields: list[tuple[str, str]], line: str, name: str, colon: str, value: str, warn: Warn
+) -> None:
+    """A field line other than "Name: value": a fold or a malformed line."""
+    if line and line[0] in " \t":
+        # obs-fold (RFC 9112 §5.2): a continuation of the previous value.
+        if fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + " " + line.strip(" \t"))
+        else:
+            warn("HTTP_bad_header_line", line[:80])
+        return
+    # RFC 9112 §5.1: no whitespace between name and colon. We keep such a
+    # field as sent, so "Transfer-Encoding :" does not frame the message,
+    # which is what a compliant server does (it rejects the request).
+    warn("HTTP_bad_header_line", line[:80])
+    if colon and name:
         fields.append((name, value.strip(" \t")))
-    return tuple(fields)
 
 
 def _blank_line_end(buf: bytes | bytearray, start: int) -> int:
-    """Index just after the empty line ending a head that starts at ``start``, or -1."""
+    """Index just after the empty line ending a head that starts at ``start``, or -1.
+
+    That is the first LF CRLF or LF LF at or after ``start``.
+    """
+    # The usual head ends in CRLF CRLF with no bare LF before it. Searching
+    # for that first keeps "\n\n" from being looked for through the body
+    # that follows; the bounded searches check that no bare-LF end came first.
+    end = buf.find(b"\r\n\r\n", start)
+    if end >= 0 and buf.find(b"\n\n", start, end) < 0 and buf.find(b"\n\r\n", start, end + 2) < 0:
+        return end + 4
     crlf = buf.find(b"\n\r\n", start)
     lf = buf.find(b"\n\n", start)
     if crlf < 0:
@@ -468,13 +504,17 @@ class _Reader:
 
     # -- per direction (overridden)
 
+    # _read_head's shortcut takes a head to end at CRLF CRLF only if its first
+    # line contains this: see _RequestReader.
+    _ONE_LINE_UNLESS = ""
+
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         return _blank_line_end(buf, start)
 
-    def _on_head(self, head: bytes) -> None:
+    def _on_head(self, lines: list[str]) -> None:
         raise NotImplementedError
 
-    def _parse_head(self, head: bytes) -> _Tx | None:
+    def _parse_head(self, lines: list[str]) -> _Tx | None:
         raise NotImplementedError
 
     def _finished(self, tx: _Tx) -> None:
@@ -506,7 +546,7 @@ class _Reader:
                 head = bytes(buf[:end])
                 buf.clear()
                 self.pos += end - old
-                self._parse(head)
+                self._parse(_head_lines(head, self._warn), head, 0, end)
                 return
         else:
             pos, n = self.pos, len(data)
@@ -518,10 +558,23 @@ class _Reader:
             if pos == n:
                 return
             self.head_ts, self.head_frame = self.ts, self.frame
+            # The usual case, a whole head with CRLF line ends in this segment,
+            # costs one search and one split. It is exactly what _head_end and
+            # _head_lines would make of it: with no bare LF before the first
+            # CRLF CRLF, no LF LF or LF CRLF can come first.
+            end = data.find(b"\r\n\r\n", pos)
+            if end >= 0:
+                text = data[pos:end].decode("latin-1")
+                lines = text.split("\r\n")
+                if text.count("\n") == len(lines) - 1 and self._ONE_LINE_UNLESS in lines[0]:
+                    self.pos = end = end + 4
+                    self._parse(lines, data, pos, end)
+                    return
             end = self._head_end(data, pos)
-            if end >= 0:  # the usual case: a whole head in one segment
+            if end >= 0:
                 self.pos = end
-                self._parse(data[pos:end])
+                head = data[pos:end]
+                self._parse(_head_lines(head, self._warn), head, 0, end - pos)
                 return
             buf += memoryview(data)[pos:]
         self.pos = len(data)
@@ -532,13 +585,15 @@ class _Reader:
             self._cut_head("gap")
             self.resync()
 
-    def _parse(self, head: bytes) -> None:
+    def _parse(self, lines: list[str], data: bytes, start: int, end: int) -> None:
+        """Act on the head ``data[start:end]``, already split into ``lines``."""
         try:
-            self._on_head(head)
+            self._on_head(lines)
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
             # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
-            e.rescan = head[head.find(b"\n") + 1 :]
+            # (A head always ends with LF, so there is one to find.)
+            e.rescan = data[data.find(b"\n", start, end) + 1 : end]
             raise
 
     def _take_line(self, data: bytes) -> bytes | None:
@@ -717,7 +772,7 @@ class _Reader:
         partial = bytes(self.buf)
         self.buf.clear()
         lf = partial.rfind(b"\n")
-        tx = self._parse_head(partial[: lf + 1]) if lf >= 0 else None
+        tx = self._parse_head(_head_lines(partial[: lf + 1], self._warn)) if lf >= 0 else None
         if tx is not None:
             self.tx = tx
             self._finish(ended)
@@ -734,6 +789,8 @@ class _RequestReader(_Reader):
         self.paused_size = 0
         self.waiting_for: _Tx | None = None
 
+    _ONE_LINE_UNLESS = " HTTP/"  # a request line without it is HTTP/0.9's whole head
+
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         lf = buf.find(b"\n", start)
         if lf < 0:
@@ -742,18 +799,18 @@ class _RequestReader(_Reader):
             return lf + 1  # an HTTP/0.9 request is its request line alone
         return _blank_line_end(buf, lf)
 
-    def _parse_head(self, head: bytes) -> _Tx | None:
-        lines = _head_lines(head, self._warn)
+    def _parse_head(self, lines: list[str]) -> _Tx | None:
         method, target, version = _request_line(lines[0])
         fields = _fields(lines[1:], self._warn)
-        self._check_version(version)
+        if version != self.version:
+            self._check_version(version)
         tx = self.conn._new_tx(self)
         tx.method, tx.uri, tx.version, tx.request_headers = method, target, version, fields
         tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, head: bytes) -> None:
-        tx = self._parse_head(head)
+    def _on_head(self, lines: list[str]) -> None:
+        tx = self._parse_head(lines)
         assert tx is not None
         self.tx = tx
         if tx.version == "0.9":  # no fields, no body (RFC 1945 §4.1)
@@ -847,7 +904,7 @@ class _ResponseReader(_Reader):
                 buf += memoryview(data)[self.pos :]
                 self.pos = len(data)
                 return
-        super()._read_head(data)
+        _Reader._read_head(self, data)
 
     def _start_http09(self, tx: _Tx) -> None:
         self.tx = tx
@@ -859,11 +916,11 @@ class _ResponseReader(_Reader):
         self.buf.clear()
         self._goto(State.CLOSE)
 
-    def _parse_head(self, head: bytes) -> _Tx | None:
-        lines = _head_lines(head, self._warn)
+    def _parse_head(self, lines: list[str]) -> _Tx | None:
         version, status, reason = _status_line(lines[0])
         fields = _fields(lines[1:], self._warn)
-        self._check_version(version)
+        if version != self.version:
+            self._check_version(version)
         conn = self.conn
         tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, lines[0])
         if 100 <= status < 200 and status != 101:
@@ -874,8 +931,8 @@ class _ResponseReader(_Reader):
         tx.start_ns[RESP], tx.start_frame[RESP] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, head: bytes) -> None:
-        tx = self._parse_head(head)
+    def _on_head(self, lines: list[str]) -> None:
+        tx = self._parse_head(lines)
         if tx is None:
             self._goto(State.HEAD)
             return

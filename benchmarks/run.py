@@ -4,6 +4,8 @@
 Generates the captures in a network namespace of its own (its loopback set to
 MTU 1500 so segments look like a real network's): nginx proxies to an nginx
 target with back-end keep-alive, wrk drives it, tcpdump writes the capture.
+Client, proxy back side and target use different loopback addresses
+(127.0.0.1, .3, .2) so the capture has the roles a real one has.
 Two variants: keep-alive on the client side, and ``Connection: close`` on every
 request (short connections). Then times, on each capture:
 
@@ -37,12 +39,13 @@ error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    upstream target {{ server 127.0.0.1:18081; keepalive 16; }}
+    upstream target {{ server 127.0.0.2:18081; keepalive 16; }}
     server {{
         listen 127.0.0.1:18080;
         keepalive_requests 1000000;
         location / {{
             proxy_pass http://target;
+            proxy_bind 127.0.0.3;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For $remote_addr;
@@ -50,7 +53,7 @@ http {{
         }}
     }}
     server {{
-        listen 127.0.0.1:18081;
+        listen 127.0.0.2:18081;
         keepalive_requests 1000000;
         location / {{ return 200 "{body}"; }}
     }}
