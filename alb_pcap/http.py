@@ -58,6 +58,7 @@ import enum
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from .model import ORIG, RESP, AnomalyLog, Exchange
 
@@ -68,6 +69,7 @@ MAX_PENDING = 100  # unanswered requests per connection (Zeek's default too)
 MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow attempts
 
 Fields = tuple[tuple[str, str], ...]
+_T = TypeVar("_T")
 Warn = Callable[[str, str], None]
 
 
@@ -160,6 +162,30 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _SIMPLE_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH"}
 )
+# Fields that decide a message's framing, or whether the connection may
+# switch protocols (lower case).
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "upgrade"})
+
+# Start lines and field lines seen recently, parsed. Messages repeat their
+# lines far more than they vary them (HPACK is built on that: the same Host,
+# Server, Content-Type on every message of a connection, the same status line
+# on most answers), and a dict lookup costs a fraction of a regex match or of
+# partition, strip and lower. Only parse results that are pure functions of
+# the line are kept (no anomalies, no context), only for short lines, and a
+# table that fills up is emptied: memory stays bounded whatever the capture.
+_MEMO_SIZE = 4096
+_MEMO_LINE_MAX = 256
+_REQUEST_LINES: dict[str, tuple[str, str, str]] = {}
+_STATUS_LINES: dict[str, tuple[str, int, str]] = {}
+_FIELD_LINES: dict[str, tuple[tuple[str, str], bool]] = {}
+
+
+def _remember(memo: dict[str, _T], line: str, result: _T) -> _T:
+    if len(line) <= _MEMO_LINE_MAX:
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[line] = result
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -167,10 +193,12 @@ _SIMPLE_METHODS = frozenset(
 
 
 def body_framing(
-    fields: Fields, method: str | None, status: int | None, warn: Warn
+    fields: Sequence[tuple[str, str]], method: str | None, status: int | None, warn: Warn
 ) -> tuple[Framing, int]:
     """How the body of a message is delimited; ``status`` is None for a request.
 
+    ``fields`` may be all of the message's fields or just those _fields()
+    picked out as framing ones: only Content-Length and Transfer-Encoding count.
     Returns ``(framing, length)``, the length only meaning something for
     Framing.LENGTH. Reference: RFC 9112 §6.3 "Message Body Length".
     """
@@ -229,6 +257,8 @@ def _content_length(values: list[str]) -> int | None:
 
     Identical repeats ("5, 5") may be merged (RFC 9110 §8.6).
     """
+    if len(values) == 1 and len(values[0]) < 19 and values[0].isdigit() and values[0].isascii():
+        return int(values[0])  # the usual single plain number, below 10**18
     seen = {part.strip() for value in values for part in value.split(",")}
     if len(seen) != 1:
         return None
@@ -283,9 +313,10 @@ def _request_line(line: str) -> tuple[str, str, str]:
 def _status_line(line: str) -> tuple[str, int, str]:
     """(version, status, reason) of a status line (RFC 9112 §4)."""
     m = _STATUS_LINE.fullmatch(line)
-    if m is None or int(m[2]) < 100:
+    status = int(m[2]) if m is not None else 0
+    if status < 100:
         raise ParseError("bad_HTTP_reply", line[:80])
-    return m[1], int(m[2]), m[3] or ""
+    return m[1], status, m[3] or ""
 
 
 def _fields(lines: list[str], warn: Warn) -> tuple[Fields, list[tuple[str, str]]]:
@@ -437,8 +468,8 @@ class _Reader:
     """
 
     __slots__ = (
-        "_step", "buf", "conn", "data_ts", "direction", "frame", "head_frame", "head_ts",
-        "pos", "remaining", "state", "ts", "tx", "version",
+        "_step", "buf", "conn", "data_ts", "direction", "frame", "framing", "head_frame",
+        "head_ts", "pos", "remaining", "state", "ts", "tx", "version",
     )
 
     def __init__(self, conn: HttpConnection, direction: int) -> None:
@@ -456,6 +487,8 @@ class _Reader:
         self.head_ts = 0  # where the head being buffered started
         self.head_frame = 0
         self.version: str | None = None  # last version seen, for HTTP_version_mismatch
+        # The framing fields of the head just parsed (see _fields).
+        self.framing: list[tuple[str, str]] = []
 
     # -- bookkeeping
 
@@ -800,8 +833,10 @@ class _RequestReader(_Reader):
         return _blank_line_end(buf, lf)
 
     def _parse_head(self, lines: list[str]) -> _Tx | None:
-        method, target, version = _request_line(lines[0])
-        fields = _fields(lines[1:], self._warn)
+        line = lines[0]
+        method, target, version = _REQUEST_LINES.get(line) or _remember(
+            _REQUEST_LINES, line, _request_line(line))
+        fields, self.framing = _fields(lines[1:], self._warn)
         if version != self.version:
             self._check_version(version)
         tx = self.conn._new_tx(self)
@@ -816,9 +851,10 @@ class _RequestReader(_Reader):
         if tx.version == "0.9":  # no fields, no body (RFC 1945 §4.1)
             self._complete()
             return
-        fields = tx.request_headers
-        tx.switches = tx.method == "CONNECT" or any(n.lower() == "upgrade" for n, _ in fields)
-        self._start_body(*body_framing(fields, tx.method, None, self._warn))
+        framing = self.framing
+        tx.switches = tx.method == "CONNECT" or (
+            bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
+        self._start_body(*body_framing(framing, tx.method, None, self._warn))
 
     def _next_state(self, tx: _Tx) -> State:
         # h11's MIGHT_SWITCH_PROTOCOL: what follows CONNECT or an Upgrade
@@ -917,8 +953,10 @@ class _ResponseReader(_Reader):
         self._goto(State.CLOSE)
 
     def _parse_head(self, lines: list[str]) -> _Tx | None:
-        version, status, reason = _status_line(lines[0])
-        fields = _fields(lines[1:], self._warn)
+        line = lines[0]
+        version, status, reason = _STATUS_LINES.get(line) or _remember(
+            _STATUS_LINES, line, _status_line(line))
+        fields, self.framing = _fields(lines[1:], self._warn)
         if version != self.version:
             self._check_version(version)
         conn = self.conn
@@ -937,7 +975,7 @@ class _ResponseReader(_Reader):
             self._goto(State.HEAD)
             return
         self.tx = tx
-        framing, length = body_framing(tx.response_headers, tx.method, tx.status, self._warn)
+        framing, length = body_framing(self.framing, tx.method, tx.status, self._warn)
         if framing is Framing.TUNNEL:
             self._finish("tunnel")
             self.conn._switch(tx)
