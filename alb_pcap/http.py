@@ -136,6 +136,14 @@ class Framing(enum.Enum):
     TUNNEL = "tunnel"
 
 
+# Python 3.11 looks every Enum member up through EnumType.__getattr__ (some
+# 70 ns for each State.HEAD; 3.12 caches them like other class attributes).
+# The code run for every message uses these names instead.
+_S_HEAD, _S_LENGTH, _S_PAUSED = State.HEAD, State.LENGTH, State.PAUSED
+_F_NO_BODY, _F_LENGTH, _F_CHUNKED, _F_CLOSE, _F_TUNNEL = (
+    Framing.NO_BODY, Framing.LENGTH, Framing.CHUNKED, Framing.CLOSE, Framing.TUNNEL)
+
+
 class ParseError(Exception):
     """Malformed input: record ``name`` as an anomaly, then resynchronise.
 
@@ -206,14 +214,14 @@ def body_framing(
         # A 101 switches protocols right after its empty line (RFC 9110 §15.2.2),
         # which step 1 would otherwise read as a plain 1xx.
         if status == 101:
-            return Framing.TUNNEL, 0
+            return _F_TUNNEL, 0
         # Step 1: a response to HEAD, or a 1xx, 204 or 304 response, ends at the
         # empty line after its fields, whatever they announce.
         if method == "HEAD" or status < 200 or status in (204, 304):
-            return Framing.NO_BODY, 0
+            return _F_NO_BODY, 0
         # Step 2: a 2xx answer to CONNECT turns the connection into a tunnel.
         if method == "CONNECT" and status < 300:
-            return Framing.TUNNEL, 0
+            return _F_TUNNEL, 0
     lengths: list[str] = []
     codings: list[str] = []
     for name, value in fields:
@@ -231,11 +239,11 @@ def body_framing(
         # until the connection closes; a request without it is answered 400
         # and the connection closed, so we read on as if it had no body.
         if codings[-1] == "chunked":
-            return Framing.CHUNKED, 0
+            return _F_CHUNKED, 0
         if status is not None:
-            return Framing.CLOSE, 0
+            return _F_CLOSE, 0
         warn("HTTP_bad_transfer_encoding", ", ".join(codings))
-        return Framing.NO_BODY, 0
+        return _F_NO_BODY, 0
     if lengths:
         length = _content_length(lengths)
         # Step 5: an invalid Content-Length is an unrecoverable framing error.
@@ -244,12 +252,12 @@ def body_framing(
         # end of the connection, which is what a client would have received.
         if length is None:
             warn("HTTP_bad_content_length", ", ".join(lengths))
-            return (Framing.NO_BODY if status is None else Framing.CLOSE), 0
+            return (_F_NO_BODY if status is None else _F_CLOSE), 0
         # Step 6: a valid Content-Length gives the body length.
-        return Framing.LENGTH, length
+        return _F_LENGTH, length
     # Step 7: a request with neither has no body.
     # Step 8: a response with neither runs until the connection closes.
-    return (Framing.NO_BODY if status is None else Framing.CLOSE), 0
+    return (_F_NO_BODY if status is None else _F_CLOSE), 0
 
 
 def _content_length(values: list[str]) -> int | None:
@@ -413,7 +421,7 @@ class _Tx:
         self.reason: str | None = None
         self.response_version: str | None = None
         self.response_headers: Fields = ()
-        self.interim: list[int] = []
+        self.interim: tuple[int, ...] = ()  # rare, so a tuple: nothing to build per exchange
         # Indexed by direction, ORIG then RESP.
         self.body = [0, 0]
         self.start_ns: list[int | None] = [None, None]
@@ -443,7 +451,7 @@ class _Tx:
             self.status,
             self.reason,
             self.response_headers,
-            tuple(self.interim),
+            self.interim,
             body[ORIG],  # request_body_len
             body[RESP],  # response_body_len
             start_ns[ORIG],  # request_start_ns
@@ -469,7 +477,7 @@ class _Reader:
 
     __slots__ = (
         "_step", "buf", "conn", "data_ts", "direction", "frame", "framing", "head_frame",
-        "head_ts", "pos", "remaining", "state", "ts", "tx", "version",
+        "head_ts", "one_line_unless", "pos", "remaining", "state", "ts", "tx", "version",
     )
 
     def __init__(self, conn: HttpConnection, direction: int) -> None:
@@ -489,6 +497,9 @@ class _Reader:
         self.version: str | None = None  # last version seen, for HTTP_version_mismatch
         # The framing fields of the head just parsed (see _fields).
         self.framing: list[tuple[str, str]] = []
+        # _read_head's shortcut takes a head to end at CRLF CRLF only if its
+        # first line contains this (see _RequestReader).
+        self.one_line_unless = ""
 
     # -- bookkeeping
 
@@ -522,24 +533,22 @@ class _Reader:
         tx = self.tx
         assert tx is not None
         self._finish(None)
-        self._goto(self._next_state(tx))
+        state = self._next_state(tx)
+        if state is not self.state:  # HEAD after HEAD: nothing to change
+            self._goto(state)
 
     def _start_body(self, framing: Framing, length: int) -> None:
-        if framing is Framing.LENGTH and length:
+        if framing is _F_LENGTH and length:
             self.remaining = length
-            self._goto(State.LENGTH)
-        elif framing is Framing.CHUNKED:
+            self._goto(_S_LENGTH)
+        elif framing is _F_CHUNKED:
             self._goto(State.CHUNK_SIZE)
-        elif framing is Framing.CLOSE:
+        elif framing is _F_CLOSE:
             self._goto(State.CLOSE)
         else:
             self._complete()
 
     # -- per direction (overridden)
-
-    # _read_head's shortcut takes a head to end at CRLF CRLF only if its first
-    # line contains this: see _RequestReader.
-    _ONE_LINE_UNLESS = ""
 
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         return _blank_line_end(buf, start)
@@ -554,7 +563,7 @@ class _Reader:
         """A message of ``tx`` in this direction is over."""
 
     def _next_state(self, tx: _Tx) -> State:
-        return State.HEAD
+        return _S_HEAD
 
     def _lost_head(self) -> None:
         """A gap hit this direction between or inside heads."""
@@ -599,7 +608,7 @@ class _Reader:
             if end >= 0:
                 text = data[pos:end].decode("latin-1")
                 lines = text.split("\r\n")
-                if text.count("\n") == len(lines) - 1 and self._ONE_LINE_UNLESS in lines[0]:
+                if text.count("\n") == len(lines) - 1 and self.one_line_unless in lines[0]:
                     self.pos = end = end + 4
                     self._parse(lines, data, pos, end)
                     return
@@ -817,12 +826,11 @@ class _RequestReader(_Reader):
 
     def __init__(self, conn: HttpConnection) -> None:
         super().__init__(conn, ORIG)
+        self.one_line_unless = " HTTP/"  # a request line without it is HTTP/0.9's whole head
         # Client bytes held back while a CONNECT/Upgrade waits for its answer.
         self.paused: list[tuple[bytes, int, int]] = []
         self.paused_size = 0
         self.waiting_for: _Tx | None = None
-
-    _ONE_LINE_UNLESS = " HTTP/"  # a request line without it is HTTP/0.9's whole head
 
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         lf = buf.find(b"\n", start)
@@ -862,7 +870,7 @@ class _RequestReader(_Reader):
         if tx.switches and tx.status is None and not tx.done[RESP]:
             self.waiting_for = tx
             return State.PAUSED
-        return State.HEAD
+        return _S_HEAD
 
     def _read_paused(self, data: bytes) -> None:
         chunk = data[self.pos :]
@@ -962,7 +970,7 @@ class _ResponseReader(_Reader):
         conn = self.conn
         tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, lines[0])
         if 100 <= status < 200 and status != 101:
-            tx.interim.append(status)  # the final answer follows (RFC 9110 §15.2)
+            tx.interim += (status,)  # the final answer follows (RFC 9110 §15.2)
             return None
         tx.status, tx.reason, tx.response_version = status, reason, version
         tx.response_headers = fields
@@ -976,7 +984,7 @@ class _ResponseReader(_Reader):
             return
         self.tx = tx
         framing, length = body_framing(self.framing, tx.method, tx.status, self._warn)
-        if framing is Framing.TUNNEL:
+        if framing is _F_TUNNEL:
             self._finish("tunnel")
             self.conn._switch(tx)
             return
@@ -1156,7 +1164,7 @@ class HttpConnection:
 
     def _answered(self, tx: _Tx) -> None:
         """A final answer began; a client paused on it may go on."""
-        if self._request.state is State.PAUSED and self._request.waiting_for is tx:
+        if self._request.state is _S_PAUSED and self._request.waiting_for is tx:
             self._request.resume()
 
     def _switch(self, tx: _Tx) -> None:
