@@ -530,9 +530,16 @@ class _Reader:
         self._finished(tx)
 
     def _complete(self) -> None:
+        """The message ended where its framing said: on to the next one."""
+        # _finish(None) inlined: this runs for every message.
         tx = self.tx
         assert tx is not None
-        self._finish(None)
+        self.tx = None
+        direction = self.direction
+        if tx.start_ns[direction] is not None:
+            tx.end_ns[direction] = self.data_ts
+        tx.done[direction] = True
+        self._finished(tx)
         state = self._next_state(tx)
         if state is not self.state:  # HEAD after HEAD: nothing to change
             self._goto(state)
@@ -580,55 +587,49 @@ class _Reader:
 
     def _read_head(self, data: bytes) -> None:
         buf = self.buf
-        old = len(buf)
-        if old:
+        if buf:  # the head began in an earlier segment
+            old = len(buf)
             buf += memoryview(data)[self.pos :]
             end = self._head_end(buf, 0)
-            if end >= 0:
-                head = bytes(buf[:end])
-                buf.clear()
-                self.pos += end - old
-                self._parse(_head_lines(head, self._warn), head, 0, end)
+            if end < 0:
+                self.pos = len(data)
+                self._check_head_size()
                 return
+            data, start = bytes(buf[:end]), 0  # from here on, the head alone
+            buf.clear()
+            self.pos += end - old
+            lines = _head_lines(data, self._warn)
         else:
-            pos, n = self.pos, len(data)
+            start, n = self.pos, len(data)
             # RFC 9112 §2.2: ignore empty lines before a message (some clients
             # send a CRLF after a POST body).
-            while pos < n and data[pos] in b"\r\n":
-                pos += 1
-            self.pos = pos
-            if pos == n:
+            while start < n and data[start] in b"\r\n":
+                start += 1
+            self.pos = start
+            if start == n:
                 return
             self.head_ts, self.head_frame = self.ts, self.frame
             # The usual case, a whole head with CRLF line ends in this segment,
             # costs one search and one split. It is exactly what _head_end and
             # _head_lines would make of it: with no bare LF before the first
             # CRLF CRLF, no LF LF or LF CRLF can come first.
-            end = data.find(b"\r\n\r\n", pos)
+            end = data.find(b"\r\n\r\n", start)
             if end >= 0:
-                text = data[pos:end].decode("latin-1")
+                text = data[start:end].decode("latin-1")
                 lines = text.split("\r\n")
                 if text.count("\n") == len(lines) - 1 and self.one_line_unless in lines[0]:
-                    self.pos = end = end + 4
-                    self._parse(lines, data, pos, end)
+                    end += 4
+                else:
+                    end = -1
+            if end < 0:  # anything else: bare LFs, HTTP/0.9, a head not complete yet
+                end = self._head_end(data, start)
+                if end < 0:
+                    buf += memoryview(data)[start:]
+                    self.pos = n
+                    self._check_head_size()
                     return
-            end = self._head_end(data, pos)
-            if end >= 0:
-                self.pos = end
-                head = data[pos:end]
-                self._parse(_head_lines(head, self._warn), head, 0, end - pos)
-                return
-            buf += memoryview(data)[pos:]
-        self.pos = len(data)
-        if len(buf) > HEAD_MAX:
-            # Keep what the complete lines say (the answer, a 431 say, still
-            # pairs with it), then look for the next message.
-            self._warn("HTTP_head_too_large", f"over {HEAD_MAX} bytes")
-            self._cut_head("gap")
-            self.resync()
-
-    def _parse(self, lines: list[str], data: bytes, start: int, end: int) -> None:
-        """Act on the head ``data[start:end]``, already split into ``lines``."""
+                lines = _head_lines(data[start:end], self._warn)
+            self.pos = end
         try:
             self._on_head(lines)
         except ParseError as e:
@@ -637,6 +638,14 @@ class _Reader:
             # (A head always ends with LF, so there is one to find.)
             e.rescan = data[data.find(b"\n", start, end) + 1 : end]
             raise
+
+    def _check_head_size(self) -> None:
+        if len(self.buf) > HEAD_MAX:
+            # Keep what the complete lines say (the answer, a 431 say, still
+            # pairs with it), then look for the next message.
+            self._warn("HTTP_head_too_large", f"over {HEAD_MAX} bytes")
+            self._cut_head("gap")
+            self.resync()
 
     def _take_line(self, data: bytes) -> bytes | None:
         """The next line without its end, or None when it is not complete yet."""
@@ -674,8 +683,19 @@ class _Reader:
         return True
 
     def _read_length(self, data: bytes) -> None:
-        if self._take_body(data):
-            self._complete()
+        # _take_body() inlined: this runs for every Content-Length body.
+        tx = self.tx
+        assert tx is not None
+        avail = len(data) - self.pos
+        if avail < self.remaining:
+            self.remaining -= avail
+            tx.body[self.direction] += avail
+            self.pos = len(data)
+            return
+        tx.body[self.direction] += self.remaining
+        self.pos += self.remaining
+        self.remaining = 0
+        self._complete()
 
     def _read_chunk_size(self, data: bytes) -> None:
         line = self._take_line(data)
@@ -1048,7 +1068,10 @@ class HttpConnection:
         reader.frame = frame
         reader.pos = 0
         try:
-            reader.feed(data)  # usually all of it, without a hitch
+            # reader.feed(data), inlined: this runs for every segment, and
+            # usually consumes all of it without a hitch.
+            while reader.pos < len(data):
+                reader._step(data)
         except Exception as e:  # noqa: BLE001 (the boundary: see _recover)
             self._feed_after(reader, data, e)
 
