@@ -439,7 +439,10 @@ class _Tx:
     def freeze(self, conn_id: int, ended: str) -> Exchange:
         # Positional, in Exchange's field order: keywords cost a third more
         # per exchange, and this runs once for each of them.
-        start_ns, end_ns, frame, body = self.start_ns, self.end_ns, self.start_frame, self.body
+        request_start_ns, response_start_ns = self.start_ns
+        request_end_ns, response_end_ns = self.end_ns
+        request_frame, response_frame = self.start_frame
+        request_body_len, response_body_len = self.body
         return Exchange(
             conn_id,
             self.index,
@@ -452,14 +455,14 @@ class _Tx:
             self.reason,
             self.response_headers,
             self.interim,
-            body[ORIG],  # request_body_len
-            body[RESP],  # response_body_len
-            start_ns[ORIG],  # request_start_ns
-            end_ns[ORIG],  # request_end_ns
-            start_ns[RESP],  # response_start_ns
-            end_ns[RESP],  # response_end_ns
-            frame[ORIG],  # request_frame
-            frame[RESP],  # response_frame
+            request_body_len,
+            response_body_len,
+            request_start_ns,
+            request_end_ns,
+            response_start_ns,
+            response_end_ns,
+            request_frame,
+            response_frame,
             ended,
         )
 
@@ -882,7 +885,8 @@ class _RequestReader(_Reader):
         framing = self.framing
         tx.switches = tx.method == "CONNECT" or (
             bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
-        self._start_body(*body_framing(framing, tx.method, None, self._warn))
+        how, length = body_framing(framing, tx.method, None, self._warn)
+        self._start_body(how, length)
 
     def _next_state(self, tx: _Tx) -> State:
         # h11's MIGHT_SWITCH_PROTOCOL: what follows CONNECT or an Upgrade
