@@ -69,6 +69,9 @@ MAX_PENDING = 100  # unanswered requests per connection (Zeek's default too)
 MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow attempts
 
 Fields = tuple[tuple[str, str], ...]
+# A parsed head: start line, what it says (method, target, version or version,
+# status, reason), fields, and the fields that frame the message (see _fields).
+_Head = tuple[str, tuple, Fields, list[tuple[str, str]]]
 _T = TypeVar("_T")
 Warn = Callable[[str, str], None]
 
@@ -183,6 +186,7 @@ _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "upgrade"})
 # table that fills up is emptied: memory stays bounded whatever the capture.
 _MEMO_SIZE = 4096
 _MEMO_LINE_MAX = 256
+_REUSE_MAX = 4 * _MEMO_LINE_MAX  # longest head text a reader remembers (see _read_head)
 _REQUEST_LINES: dict[str, tuple[str, str, str]] = {}
 _STATUS_LINES: dict[str, tuple[str, int, str]] = {}
 _FIELD_LINES: dict[str, tuple[tuple[str, str], bool]] = {}
@@ -479,8 +483,9 @@ class _Reader:
     """
 
     __slots__ = (
-        "_step", "buf", "conn", "data_ts", "direction", "frame", "framing", "head_frame",
-        "head_ts", "one_line_unless", "pos", "remaining", "state", "ts", "tx", "version",
+        "_step", "buf", "conn", "data_ts", "direction", "frame", "head_frame", "head_ts",
+        "last_head", "last_text", "one_line_unless", "parse_start_line", "pos", "remaining",
+        "start_lines", "state", "ts", "tx", "version", "warned",
     )
 
     def __init__(self, conn: HttpConnection, direction: int) -> None:
@@ -498,11 +503,16 @@ class _Reader:
         self.head_ts = 0  # where the head being buffered started
         self.head_frame = 0
         self.version: str | None = None  # last version seen, for HTTP_version_mismatch
-        # The framing fields of the head just parsed (see _fields).
-        self.framing: list[tuple[str, str]] = []
-        # _read_head's shortcut takes a head to end at CRLF CRLF only if its
-        # first line contains this (see _RequestReader).
+        self.warned = 0  # anomalies recorded so far
+        # The last head parsed without remark, and its text (see _read_head).
+        self.last_text: str | None = None
+        self.last_head: _Head | None = None
+        # Set per direction: _read_head's shortcut takes a head to end at
+        # CRLF CRLF only if its first line contains one_line_unless; the start
+        # line's parser, and what it said about recent lines.
         self.one_line_unless = ""
+        self.parse_start_line: Callable[[str], tuple]
+        self.start_lines: dict[str, tuple]
 
     # -- bookkeeping
 
@@ -513,6 +523,7 @@ class _Reader:
         self._step = getattr(self, _READERS[state])
 
     def _warn(self, name: str, detail: str = "") -> None:
+        self.warned += 1
         self.conn._anomaly(name, self.frame, self.ts, detail)
 
     def _check_version(self, version: str) -> None:
@@ -563,10 +574,10 @@ class _Reader:
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         return _blank_line_end(buf, start)
 
-    def _on_head(self, lines: list[str]) -> None:
+    def _on_head(self, head: _Head) -> None:
         raise NotImplementedError
 
-    def _parse_head(self, lines: list[str]) -> _Tx | None:
+    def _parse_head(self, head: _Head) -> _Tx | None:
         raise NotImplementedError
 
     def _finished(self, tx: _Tx) -> None:
@@ -590,6 +601,8 @@ class _Reader:
 
     def _read_head(self, data: bytes) -> None:
         buf = self.buf
+        text = None  # the head's text, when it may be remembered for the next one
+        head = None
         if buf:  # the head began in an earlier segment
             old = len(buf)
             buf += memoryview(data)[self.pos :]
@@ -619,11 +632,18 @@ class _Reader:
             end = data.find(b"\r\n\r\n", start)
             if end >= 0:
                 text = data[start:end].decode("latin-1")
-                lines = text.split("\r\n")
-                if text.count("\n") == len(lines) - 1 and self.one_line_unless in lines[0]:
+                if text == self.last_text:
+                    # Keep-alive connections repeat their heads (a client
+                    # polling one URL, a health checker, a server answering
+                    # alike): the last parse holds, nothing to split.
+                    head = self.last_head
                     end += 4
                 else:
-                    end = -1
+                    lines = text.split("\r\n")
+                    if text.count("\n") == len(lines) - 1 and self.one_line_unless in lines[0]:
+                        end += 4
+                    else:
+                        end, text = -1, None
             if end < 0:  # anything else: bare LFs, HTTP/0.9, a head not complete yet
                 end = self._head_end(data, start)
                 if end < 0:
@@ -634,13 +654,27 @@ class _Reader:
                 lines = _head_lines(data[start:end], self._warn)
             self.pos = end
         try:
-            self._on_head(lines)
+            if head is None:
+                warned = self.warned
+                head = self._parse_lines(lines)
+                # Remember a head that parsed without remark, for the next one.
+                if text is not None and self.warned == warned and len(text) <= _REUSE_MAX:
+                    self.last_text, self.last_head = text, head
+            self._on_head(head)
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
             # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
             # (A head always ends with LF, so there is one to find.)
             e.rescan = data[data.find(b"\n", start, end) + 1 : end]
             raise
+
+    def _parse_lines(self, lines: list[str]) -> _Head:
+        """A head's start line, parsed, and fields; raises ParseError for a bad start line."""
+        line = lines[0]
+        known = self.start_lines
+        start = known.get(line) or _remember(known, line, self.parse_start_line(line))
+        fields, framing = _fields(lines[1:], self._warn)
+        return line, start, fields, framing
 
     def _check_head_size(self) -> None:
         if len(self.buf) > HEAD_MAX:
@@ -837,7 +871,9 @@ class _Reader:
         partial = bytes(self.buf)
         self.buf.clear()
         lf = partial.rfind(b"\n")
-        tx = self._parse_head(_head_lines(partial[: lf + 1], self._warn)) if lf >= 0 else None
+        if lf < 0:
+            return None
+        tx = self._parse_head(self._parse_lines(_head_lines(partial[: lf + 1], self._warn)))
         if tx is not None:
             self.tx = tx
             self._finish(ended)
@@ -850,6 +886,7 @@ class _RequestReader(_Reader):
     def __init__(self, conn: HttpConnection) -> None:
         super().__init__(conn, ORIG)
         self.one_line_unless = " HTTP/"  # a request line without it is HTTP/0.9's whole head
+        self.parse_start_line, self.start_lines = _request_line, _REQUEST_LINES
         # Client bytes held back while a CONNECT/Upgrade waits for its answer.
         self.paused: list[tuple[bytes, int, int]] = []
         self.paused_size = 0
@@ -863,11 +900,8 @@ class _RequestReader(_Reader):
             return lf + 1  # an HTTP/0.9 request is its request line alone
         return _blank_line_end(buf, lf)
 
-    def _parse_head(self, lines: list[str]) -> _Tx | None:
-        line = lines[0]
-        method, target, version = _REQUEST_LINES.get(line) or _remember(
-            _REQUEST_LINES, line, _request_line(line))
-        fields, self.framing = _fields(lines[1:], self._warn)
+    def _parse_head(self, head: _Head) -> _Tx | None:
+        _, (method, target, version), fields, _ = head
         if version != self.version:
             self._check_version(version)
         tx = self.conn._new_tx(self)
@@ -875,14 +909,14 @@ class _RequestReader(_Reader):
         tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, lines: list[str]) -> None:
-        tx = self._parse_head(lines)
+    def _on_head(self, head: _Head) -> None:
+        tx = self._parse_head(head)
         assert tx is not None
         self.tx = tx
         if tx.version == "0.9":  # no fields, no body (RFC 1945 §4.1)
             self._complete()
             return
-        framing = self.framing
+        framing = head[3]
         tx.switches = tx.method == "CONNECT" or (
             bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
         how, length = body_framing(framing, tx.method, None, self._warn)
@@ -954,6 +988,7 @@ class _ResponseReader(_Reader):
 
     def __init__(self, conn: HttpConnection) -> None:
         super().__init__(conn, RESP)
+        self.parse_start_line, self.start_lines = _status_line, _STATUS_LINES
 
     def _read_head(self, data: bytes) -> None:
         awaiting = self.conn._awaiting
@@ -984,15 +1019,12 @@ class _ResponseReader(_Reader):
         self.buf.clear()
         self._goto(State.CLOSE)
 
-    def _parse_head(self, lines: list[str]) -> _Tx | None:
-        line = lines[0]
-        version, status, reason = _STATUS_LINES.get(line) or _remember(
-            _STATUS_LINES, line, _status_line(line))
-        fields, self.framing = _fields(lines[1:], self._warn)
+    def _parse_head(self, head: _Head) -> _Tx | None:
+        line, (version, status, reason), fields, _ = head
         if version != self.version:
             self._check_version(version)
         conn = self.conn
-        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, lines[0])
+        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line)
         if 100 <= status < 200 and status != 101:
             tx.interim += (status,)  # the final answer follows (RFC 9110 §15.2)
             return None
@@ -1001,13 +1033,13 @@ class _ResponseReader(_Reader):
         tx.start_ns[RESP], tx.start_frame[RESP] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, lines: list[str]) -> None:
-        tx = self._parse_head(lines)
+    def _on_head(self, head: _Head) -> None:
+        tx = self._parse_head(head)
         if tx is None:
             self._goto(State.HEAD)
             return
         self.tx = tx
-        framing, length = body_framing(self.framing, tx.method, tx.status, self._warn)
+        framing, length = body_framing(head[3], tx.method, tx.status, self._warn)
         if framing is _F_TUNNEL:
             self._finish("tunnel")
             self.conn._switch(tx)
