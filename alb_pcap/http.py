@@ -226,6 +226,8 @@ def body_framing(
         # Step 2: a 2xx answer to CONNECT turns the connection into a tunnel.
         if method == "CONNECT" and status < 300:
             return _F_TUNNEL, 0
+    if not fields:  # no framing field at all: steps 7 and 8 below, without the search
+        return (_F_NO_BODY if status is None else _F_CLOSE), 0
     lengths: list[str] = []
     codings: list[str] = []
     for name, value in fields:
@@ -558,8 +560,16 @@ class _Reader:
         if state is not self.state:  # HEAD after HEAD: nothing to change
             self._goto(state)
 
-    def _start_body(self, framing: Framing, length: int) -> None:
+    def _start_body(self, framing: Framing, length: int, data: bytes) -> None:
+        """Read the body as ``framing`` says; ``data`` holds the head just read."""
         if framing is _F_LENGTH and length:
+            if self.pos + length <= len(data):
+                # The whole body came with its head (small answers usually
+                # do): count it and be done, without a stay in LENGTH.
+                self.tx.body[self.direction] += length  # type: ignore[union-attr]
+                self.pos += length
+                self._complete()
+                return
             self.remaining = length
             self._goto(_S_LENGTH)
         elif framing is _F_CHUNKED:
@@ -574,7 +584,7 @@ class _Reader:
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         return _blank_line_end(buf, start)
 
-    def _on_head(self, head: _Head) -> None:
+    def _on_head(self, head: _Head, data: bytes) -> None:
         raise NotImplementedError
 
     def _parse_head(self, head: _Head) -> _Tx | None:
@@ -611,10 +621,10 @@ class _Reader:
                 self.pos = len(data)
                 self._check_head_size()
                 return
-            data, start = bytes(buf[:end]), 0  # from here on, the head alone
+            raw, start = bytes(buf[:end]), 0  # the head's bytes are raw[start:end]
             buf.clear()
             self.pos += end - old
-            lines = _head_lines(data, self._warn)
+            lines = _head_lines(raw, self._warn)
         else:
             start, n = self.pos, len(data)
             # RFC 9112 §2.2: ignore empty lines before a message (some clients
@@ -625,6 +635,7 @@ class _Reader:
             if start == n:
                 return
             self.head_ts, self.head_frame = self.ts, self.frame
+            raw = data
             # The usual case, a whole head with CRLF line ends in this segment,
             # costs one search and one split. It is exactly what _head_end and
             # _head_lines would make of it: with no bare LF before the first
@@ -660,12 +671,12 @@ class _Reader:
                 # Remember a head that parsed without remark, for the next one.
                 if text is not None and self.warned == warned and len(text) <= _REUSE_MAX:
                     self.last_text, self.last_head = text, head
-            self._on_head(head)
+            self._on_head(head, data)
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
             # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
             # (A head always ends with LF, so there is one to find.)
-            e.rescan = data[data.find(b"\n", start, end) + 1 : end]
+            e.rescan = raw[raw.find(b"\n", start, end) + 1 : end]
             raise
 
     def _parse_lines(self, lines: list[str]) -> _Head:
@@ -909,7 +920,7 @@ class _RequestReader(_Reader):
         tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, head: _Head) -> None:
+    def _on_head(self, head: _Head, data: bytes) -> None:
         tx = self._parse_head(head)
         assert tx is not None
         self.tx = tx
@@ -920,7 +931,7 @@ class _RequestReader(_Reader):
         tx.switches = tx.method == "CONNECT" or (
             bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
         how, length = body_framing(framing, tx.method, None, self._warn)
-        self._start_body(how, length)
+        self._start_body(how, length, data)
 
     def _next_state(self, tx: _Tx) -> State:
         # h11's MIGHT_SWITCH_PROTOCOL: what follows CONNECT or an Upgrade
@@ -1033,7 +1044,7 @@ class _ResponseReader(_Reader):
         tx.start_ns[RESP], tx.start_frame[RESP] = self.head_ts, self.head_frame
         return tx
 
-    def _on_head(self, head: _Head) -> None:
+    def _on_head(self, head: _Head, data: bytes) -> None:
         tx = self._parse_head(head)
         if tx is None:
             self._goto(State.HEAD)
@@ -1045,7 +1056,7 @@ class _ResponseReader(_Reader):
             self.conn._switch(tx)
             return
         self.conn._answered(tx)
-        self._start_body(framing, length)
+        self._start_body(framing, length, data)
 
     def _finished(self, tx: _Tx) -> None:
         awaiting = self.conn._awaiting
