@@ -544,6 +544,69 @@ def test_gap_in_a_close_delimited_body_is_counted():
     assert (ex.response_body_len, ex.ended) == (1004, "gap")
 
 
+# -- shortcuts: each must give what the general path gives
+
+
+def test_a_repeated_head_is_framed_by_its_own_request():
+    # The three answers have the same head text, so the response reader
+    # reuses its parse; the body framing still follows each request's method.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    exchanges, anomalies = talk(
+        (ORIG, GET), (RESP, answer + b"abc"),
+        (ORIG, b"HEAD /a HTTP/1.1\r\nHost: example.com\r\n\r\n"), (RESP, answer),
+        (ORIG, GET), (RESP, answer + b"xyz"),
+    )
+    assert [(e.method, e.status, e.response_body_len, e.ended) for e in exchanges] == [
+        ("GET", 200, 3, "complete"), ("HEAD", 200, 0, "complete"), ("GET", 200, 3, "complete")]
+    assert exchanges[0].response_headers is exchanges[2].response_headers  # one parse, shared
+    assert not anomalies
+
+
+def test_a_repeated_head_with_an_odd_line_is_reported_every_time():
+    odd = b"GET /odd HTTP/1.1\r\nNoColon\r\nHost: h\r\n\r\n"
+    exchanges, anomalies = talk((ORIG, odd), (RESP, OK5), (ORIG, odd), (RESP, OK5))
+    assert [(e.uri, e.request_headers) for e in exchanges] == [("/odd", (("Host", "h"),))] * 2
+    assert anomalies == {"HTTP_bad_header_line": 2}
+
+
+def test_a_repeated_head_still_checks_the_version_and_the_pairing():
+    old = b"GET / HTTP/1.0\r\n\r\n"
+    exchanges, anomalies = talk(
+        (ORIG, GET), (ORIG, old), (ORIG, GET), (RESP, OK5 + OK5 + OK5 + OK5))
+    assert [(e.index, e.version, e.status) for e in exchanges] == [
+        (1, "1.1", 200), (2, "1.0", 200), (3, "1.1", 200), (4, "1.1", 200)]
+    assert anomalies == {"HTTP_version_mismatch": 2, "unmatched_HTTP_reply": 1}
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /a HTTP/1.1\r\nA: b\nC: d\r\n\r\n",  # a bare LF inside, CRLF CRLF at the end
+    b"GET /a HTTP/1.1\nA: b\nC: d\n\r\n\r\n",  # LF CRLF ends it before CRLF CRLF
+])
+def test_a_head_ending_in_crlf_crlf_with_bare_lfs_before(head):
+    exchanges, anomalies = talk((ORIG, head + GET), (RESP, OK5 + OK5))
+    assert [(e.uri, e.request_headers, e.status) for e in exchanges] == [
+        ("/a", (("A", "b"), ("C", "d")), 200), ("/a", (("Host", "example.com"),), 200)]
+    assert anomalies == {"line_terminated_with_single_LF": 1}
+
+
+def test_line_memos_stay_bounded():
+    from alb_pcap import http
+
+    conn = feed(*[(ORIG, b"GET /%d HTTP/1.1\r\nX-Id: %d\r\nX-Long: %s\r\n\r\n"
+                   % (i, i, b"v" * (http._MEMO_LINE_MAX + i % 2))) for i in range(http._MEMO_SIZE + 10)])
+    assert not conn.anomalies.counts["HTTP_internal_error"]
+    for memo in (http._REQUEST_LINES, http._STATUS_LINES, http._FIELD_LINES):
+        assert len(memo) <= http._MEMO_SIZE
+        assert all(len(line) <= http._MEMO_LINE_MAX for line in memo)
+
+
+def test_exchanges_is_empty_until_one_is_finished():
+    conn = feed((ORIG, GET))
+    assert not conn.exchanges()
+    conn.data(RESP, OK5, 2000, 2)
+    assert [e.status for e in conn.exchanges()] == [200] and not conn.exchanges()
+
+
 # -- properties
 
 KEEPALIVE = [
