@@ -196,7 +196,7 @@ _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "upgrade"})
 # table that fills up is emptied: memory stays bounded whatever the capture.
 _MEMO_SIZE = 4096
 _MEMO_LINE_MAX = 256
-_REUSE_MAX = 4 * _MEMO_LINE_MAX  # longest head text a reader remembers (see _read_head)
+_REUSE_MAX = 4 * _MEMO_LINE_MAX  # longest head a reader remembers (see _read_head)
 _REQUEST_LINES: dict[str, tuple[str, str, str]] = {}
 _STATUS_LINES: dict[str, tuple[str, int, str]] = {}
 _FIELD_LINES: dict[str, tuple[tuple[str, str], bool]] = {}
@@ -501,8 +501,8 @@ class _Reader:
 
     __slots__ = (
         "_step", "buf", "conn", "data_ts", "direction", "frame", "head_frame", "head_ts",
-        "last_head", "last_text", "one_line_unless", "parse_start_line", "pos", "remaining",
-        "start_lines", "state", "ts", "tx", "version", "warned",
+        "last_head", "last_raw", "one_line_unless", "parse_start_line", "pos", "remaining",
+        "start_lines", "state", "ts", "tx", "version", "warn", "warned",
     )
 
     def __init__(self, conn: HttpConnection, direction: int) -> None:
@@ -521,8 +521,9 @@ class _Reader:
         self.head_frame = 0
         self.version: str | None = None  # last version seen, for HTTP_version_mismatch
         self.warned = 0  # anomalies recorded so far
-        # The last head parsed without remark, and its text (see _read_head).
-        self.last_text: str | None = None
+        self.warn: Warn = self._warn  # bound once: the parse helpers take it per message
+        # The last head parsed without remark, and its bytes (see _read_head).
+        self.last_raw: bytes | None = None
         self.last_head: _Head | None = None
         # Set per direction: _read_head's shortcut takes a head to end at
         # CRLF CRLF only if its first line contains one_line_unless; the start
@@ -626,7 +627,7 @@ class _Reader:
 
     def _read_head(self, data: bytes) -> None:
         buf = self.buf
-        text = None  # the head's text, when it may be remembered for the next one
+        remember = False  # whether the head may be remembered for the next one
         head = None
         if buf:  # the head began in an earlier segment
             old = len(buf)
@@ -651,25 +652,28 @@ class _Reader:
                 return
             self.head_ts, self.head_frame = self.ts, self.frame
             raw = data
-            # The usual case, a whole head with CRLF line ends in this segment,
-            # costs one search and one split. It is exactly what _head_end and
-            # _head_lines would make of it: with no bare LF before the first
-            # CRLF CRLF, no LF LF or LF CRLF can come first.
-            end = data.find(b"\r\n\r\n", start)
-            if end >= 0:
-                text = data[start:end].decode("latin-1")
-                if text == self.last_text:
-                    # Keep-alive connections repeat their heads (a client
-                    # polling one URL, a health checker, a server answering
-                    # alike): the last parse holds, nothing to split.
-                    head = self.last_head
-                    end += 4
-                else:
+            last = self.last_raw
+            if last is not None and data.startswith(last, start):
+                # Keep-alive connections repeat their heads (a client polling
+                # one URL, a health checker, a server answering alike). These
+                # are the bytes, CRLF CRLF included, of the last head that the
+                # shortcut below took: the same head, and its parse holds.
+                head = self.last_head
+                end = start + len(last)
+            else:
+                # The usual case, a whole head with CRLF line ends in this
+                # segment, costs one search and one split. It is exactly what
+                # _head_end and _head_lines would make of it: with no bare LF
+                # before the first CRLF CRLF, no LF LF or LF CRLF comes first.
+                end = data.find(b"\r\n\r\n", start)
+                if end >= 0:
+                    text = data[start:end].decode("latin-1")
                     lines = text.split("\r\n")
                     if text.count("\n") == len(lines) - 1 and self.one_line_unless in lines[0]:
                         end += 4
+                        remember = end - start <= _REUSE_MAX
                     else:
-                        end, text = -1, None
+                        end = -1
             if end < 0:  # anything else: bare LFs, HTTP/0.9, a head not complete yet
                 end = self._head_end(data, start)
                 if end < 0:
@@ -684,8 +688,8 @@ class _Reader:
                 warned = self.warned
                 head = self._parse_lines(lines)
                 # Remember a head that parsed without remark, for the next one.
-                if text is not None and self.warned == warned and len(text) <= _REUSE_MAX:
-                    self.last_text, self.last_head = text, head
+                if remember and self.warned == warned:
+                    self.last_raw, self.last_head = raw[start:end], head
             self._on_head(head, data)
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
@@ -699,7 +703,7 @@ class _Reader:
         line = lines[0]
         known = self.start_lines
         start = known.get(line) or _remember(known, line, self.parse_start_line(line))
-        fields, framing = _fields(lines[1:], self._warn)
+        fields, framing = _fields(lines[1:], self.warn)
         return line, start, fields, framing
 
     def _check_head_size(self) -> None:
@@ -945,7 +949,7 @@ class _RequestReader(_Reader):
         framing = head[3]
         tx.switches = tx.method == "CONNECT" or (
             bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
-        how, length = body_framing(framing, tx.method, None, self._warn)
+        how, length = body_framing(framing, tx.method, None, self.warn)
         self._start_body(how, length, data)
 
     def _next_state(self, tx: _Tx) -> State:
@@ -1065,7 +1069,7 @@ class _ResponseReader(_Reader):
             self._goto(State.HEAD)
             return
         self.tx = tx
-        framing, length = body_framing(head[3], tx.method, tx.status, self._warn)
+        framing, length = body_framing(head[3], tx.method, tx.status, self.warn)
         if framing is _F_TUNNEL:
             self._finish("tunnel")
             self.conn._switch(tx)
