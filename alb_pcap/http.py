@@ -81,7 +81,7 @@ MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow
 Fields = tuple[tuple[str, str], ...]
 # A parsed head: start line, what it says (method, target, version or version,
 # status, reason), fields, and the fields that frame the message (see _fields).
-_Head = tuple[str, tuple, Fields, list[tuple[str, str]]]
+_Head = tuple[str, tuple, Fields, Fields]
 _T = TypeVar("_T")
 Warn = Callable[[str, str], None]
 
@@ -348,7 +348,7 @@ def _status_line(line: str) -> tuple[str, int, str]:
     return m[1], status, m[3] or ""
 
 
-def _fields(lines: list[str], warn: Warn) -> tuple[Fields, list[tuple[str, str]]]:
+def _fields(lines: list[str], warn: Warn) -> tuple[Fields, Fields]:
     """Field lines as (name, value), in order, duplicates kept, names as sent.
 
     Also returns the fields in _FRAMING_NAMES, in order: what body_framing()
@@ -376,7 +376,9 @@ def _fields(lines: list[str], warn: Warn) -> tuple[Fields, list[tuple[str, str]]
             framing.append(field)
     if odd:  # a fold may have changed a value picked out above
         framing = [field for field in fields if field[0].lower() in _FRAMING_NAMES]
-    return tuple(fields), framing
+    # Tuples: a reader keeps the last head's, and a tuple of strings is no
+    # work for the garbage collector once it has seen it.
+    return tuple(fields), tuple(framing) if framing else ()
 
 
 def _odd_field_line(
@@ -502,7 +504,7 @@ class _Reader:
     __slots__ = (
         "_step", "buf", "conn", "data_ts", "direction", "frame", "head_frame", "head_ts",
         "last_head", "last_raw", "one_line_unless", "parse_start_line", "pos", "remaining",
-        "start_lines", "state", "ts", "tx", "version", "warn", "warned",
+        "start_lines", "state", "ts", "tx", "version", "warned",
     )
 
     def __init__(self, conn: HttpConnection, direction: int) -> None:
@@ -521,7 +523,6 @@ class _Reader:
         self.head_frame = 0
         self.version: str | None = None  # last version seen, for HTTP_version_mismatch
         self.warned = 0  # anomalies recorded so far
-        self.warn: Warn = self._warn  # bound once: the parse helpers take it per message
         # The last head parsed without remark, and its bytes (see _read_head).
         self.last_raw: bytes | None = None
         self.last_head: _Head | None = None
@@ -703,7 +704,7 @@ class _Reader:
         line = lines[0]
         known = self.start_lines
         start = known.get(line) or _remember(known, line, self.parse_start_line(line))
-        fields, framing = _fields(lines[1:], self.warn)
+        fields, framing = _fields(lines[1:], self._warn)
         return line, start, fields, framing
 
     def _check_head_size(self) -> None:
@@ -949,7 +950,7 @@ class _RequestReader(_Reader):
         framing = head[3]
         tx.switches = tx.method == "CONNECT" or (
             bool(framing) and any(name.lower() == "upgrade" for name, _ in framing))
-        how, length = body_framing(framing, tx.method, None, self.warn)
+        how, length = body_framing(framing, tx.method, None, self._warn)
         self._start_body(how, length, data)
 
     def _next_state(self, tx: _Tx) -> State:
@@ -1069,7 +1070,7 @@ class _ResponseReader(_Reader):
             self._goto(State.HEAD)
             return
         self.tx = tx
-        framing, length = body_framing(head[3], tx.method, tx.status, self.warn)
+        framing, length = body_framing(head[3], tx.method, tx.status, self._warn)
         if framing is _F_TUNNEL:
             self._finish("tunnel")
             self.conn._switch(tx)
