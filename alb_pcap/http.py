@@ -286,8 +286,10 @@ def _content_length(values: list[str]) -> int | None:
 
     Identical repeats ("5, 5") may be merged (RFC 9110 §8.6).
     """
-    if len(values) == 1 and len(values[0]) < 19 and values[0].isdigit() and values[0].isascii():
-        return int(values[0])  # the usual single plain number, below 10**18
+    if len(values) == 1:
+        text = values[0]
+        if len(text) < 19 and text.isdigit() and text.isascii():
+            return int(text)  # the usual single plain number, below 10**18
     seen = {part.strip() for value in values for part in value.split(",")}
     if len(seen) != 1:
         return None
@@ -342,8 +344,7 @@ def _request_line(line: str) -> tuple[str, str, str]:
 def _status_line(line: str) -> tuple[str, int, str]:
     """(version, status, reason) of a status line (RFC 9112 §4)."""
     m = _STATUS_LINE.fullmatch(line)
-    status = int(m[2]) if m is not None else 0
-    if status < 100:
+    if m is None or (status := int(m[2])) < 100:
         raise ParseError("bad_HTTP_reply", line[:80])
     return m[1], status, m[3] or ""
 
@@ -583,7 +584,9 @@ class _Reader:
             if self.pos + length <= len(data):
                 # The whole body came with its head (small answers usually
                 # do): count it and be done, without a stay in LENGTH.
-                self.tx.body[self.direction] += length  # type: ignore[union-attr]
+                tx = self.tx
+                assert tx is not None
+                tx.body[self.direction] += length
                 self.pos += length
                 self._complete()
                 return
