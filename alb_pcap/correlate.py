@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 from .model import Close, Exchange
 
@@ -69,9 +69,12 @@ def port_of(endpoint: str) -> int:
 # -- exchanges, cut down to what diagnosis needs ---------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ExchangeRef:
-    """An Exchange without its headers: what pairing, detection and the timeline use."""
+class ExchangeRef(NamedTuple):
+    """An Exchange without its headers: what pairing, detection and the timeline use.
+
+    A NamedTuple with its derived values worked out once in ``ref_of``: pairing
+    asks for them many times per exchange, on every exchange of the capture.
+    """
 
     flow: str
     conn_id: int
@@ -86,51 +89,37 @@ class ExchangeRef:
     response_end_ns: int | None
     request_frame: int | None
     response_frame: int | None
-    request_ids: tuple[str, ...] = ()
-    forwarded_for: str | None = None
+    request_ids: tuple[str, ...]
+    forwarded_for: str | None
     """Last hop of X-Forwarded-For: the address the proxy received the request from."""
-    forwarded_port: int | None = None
-    server: str | None = None
+    forwarded_port: int | None
+    server: str | None
     """The response's Server header (``awselb/2.0`` marks an ALB's own answer)."""
-    request_close: bool = False
+    request_close: bool
     """The request asked for the connection to close (or was HTTP/1.0 without keep-alive)."""
-    response_close: bool = False
+    response_close: bool
+    opener: str
+    acceptor: str
+    answered: bool
+    """A whole response arrived (the connection was not cut inside it)."""
+    interesting: bool
+    """Not answered, or answered by a status proxies make up themselves: worth keeping."""
+    last_ns: int
+    start_ns: int
 
     @property
     def key(self) -> tuple[int, int]:
         return self.conn_id, self.index
-
-    @property
-    def opener(self) -> str:
-        return split_flow(self.flow)[0]
-
-    @property
-    def acceptor(self) -> str:
-        return split_flow(self.flow)[1]
-
-    @property
-    def answered(self) -> bool:
-        """A whole response arrived (the connection was not cut inside it)."""
-        return self.status is not None and self.response_end_ns is not None and self.ended not in ("rst", "gap")
-
-    @property
-    def interesting(self) -> bool:
-        return not self.answered or self.status in PROXY_STATUSES
-
-    @property
-    def last_ns(self) -> int:
-        times = (self.response_end_ns, self.response_start_ns, self.request_end_ns, self.request_start_ns)
-        return max((t for t in times if t is not None), default=0)
-
-    @property
-    def start_ns(self) -> int:
-        return self.request_start_ns if self.request_start_ns is not None else self.last_ns
 
 
 def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
     # One pass per header list (the last value wins, as Exchange.header): this runs per exchange.
     request = {name.lower(): value for name, value in ex.request_headers}
     response = {name.lower(): value for name, value in ex.response_headers}
+    opener, _, acceptor = flow.partition("->")
+    answered = ex.status is not None and ex.response_end_ns is not None and ex.ended not in ("rst", "gap")
+    times = (ex.response_end_ns, ex.response_start_ns, ex.request_end_ns, ex.request_start_ns)
+    last_ns = max((t for t in times if t is not None), default=0)
     return ExchangeRef(
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
@@ -139,6 +128,8 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
         _int(request.get("x-forwarded-port")), response.get("server"),
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
+        opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
+        ex.request_start_ns if ex.request_start_ns is not None else last_ns,
     )
 
 
