@@ -1132,6 +1132,12 @@ class HttpConnection:
 
     # -- public API
 
+    def close(self) -> None:
+        """Done with this connection: break the reader <-> connection cycle, so its memory
+        goes back at once instead of waiting for the cyclic collector."""
+        for reader in self._readers:
+            reader.conn = None
+
     def data(self, direction: int, data: bytes, ts_ns: int, frame: int) -> None:
         reader = self._readers[direction]
         reader.ts = reader.data_ts = ts_ns

@@ -42,7 +42,7 @@ from .model import (
 )
 
 REORDER_WINDOW_NS = 5_000_000  # 5 ms
-LINGER_NS = 5_000_000_000  # a closed connection keeps absorbing stray segments this long
+LINGER_NS = 1_000_000_000  # a closed connection keeps absorbing stray segments this long
 MAX_BUFFERED = 1 << 20  # out-of-order bytes kept per direction before declaring a gap
 MAX_PROBES_KEPT = 64
 
@@ -80,7 +80,7 @@ class _Half:
     __slots__ = (
         "state", "isn", "next_seq", "next_off", "max_off", "buffer", "buffered",
         "fin_off", "ended", "hole_ack_off", "hole_since", "pkts", "missed",
-        "probes", "probe_count", "zero_windows", "retransmits", "gaps", "letters",
+        "probes", "probe_count", "zero_windows", "retransmits", "gaps", "letters", "fin_acked",
     )
 
     def __init__(self) -> None:
@@ -103,6 +103,7 @@ class _Half:
         self.retransmits = 0
         self.gaps = 0
         self.letters: dict[str, int] = {}  # history letter -> times seen
+        self.fin_acked = False
 
 
 class _Conn:
@@ -217,6 +218,10 @@ class TcpTracker:
             conn, direction = found
         conn.last_ns = pkt.ts_ns
         self._segment(conn, direction, pkt)
+        if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
+            # both FINs acknowledged: nothing more is due, so release it now rather than after
+            # LINGER_NS (at thousands of connections a second that window is most of the memory)
+            self._finalize(conn, "eof", pkt.ts_ns, pkt.frame)
         if pkt.ts_ns >= self._next_sweep:
             self._sweep(pkt.ts_ns)
 
@@ -278,9 +283,13 @@ class TcpTracker:
             return
         if half.next_seq is None:
             half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
-        if flags & TH_ACK and peer.next_seq is not None and not peer.ended:
-            if (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF > 0:
-                self._peer_ack(peer, pkt)
+        if flags & TH_ACK and peer.next_seq is not None:
+            acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF
+            if acked > 0:
+                if not peer.ended:
+                    self._peer_ack(peer, pkt)
+                elif peer.fin_off is not None and peer.next_off + acked > peer.fin_off:
+                    peer.fin_acked = True
         if flags & TH_RST:
             self._reset(conn, direction, pkt)
             return
