@@ -23,7 +23,6 @@ can compare with Zeek's conn.log.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Protocol
 
 from .model import (
@@ -194,7 +193,7 @@ class TcpTracker:
         self.listener = listener
         self.anomalies = anomalies
         self._by_tuple: dict[tuple, tuple[_Conn, int]] = {}
-        self._lingering: deque[_Conn] = deque()
+        self._lingering: dict[int, _Conn] = {}  # id -> closed connection, oldest first
         self._next_id = 1
         self._next_sweep = 0
         self.connections_seen = 0
@@ -501,14 +500,15 @@ class TcpTracker:
 
     def _linger(self, conn: _Conn, ts_ns: int) -> None:
         conn.closed_at = ts_ns
-        self._lingering.append(conn)
+        self._lingering[conn.id] = conn
 
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
-        while self._lingering and now_ns - self._lingering[0].closed_at >= LINGER_NS:
-            conn = self._lingering.popleft()
-            if self._by_tuple.get((conn.orig, conn.orig_port, conn.resp, conn.resp_port), (None,))[0] is conn:
-                self._finalize(conn, "eof", conn.last_ns, 0)
+        while self._lingering:
+            conn = next(iter(self._lingering.values()))
+            if now_ns - conn.closed_at < LINGER_NS:
+                break
+            self._finalize(conn, "eof", conn.last_ns, 0)
 
     def _end_stream(self, conn: _Conn, direction: int, how: str, ts_ns: int, frame: int) -> None:
         """End a direction now: whatever it still waits for is a gap."""
@@ -523,6 +523,7 @@ class TcpTracker:
             self.listener.on_end(conn.id, direction, how, ts_ns, frame)
 
     def _finalize(self, conn: _Conn, how: str, ts_ns: int, frame: int) -> None:
+        self._lingering.pop(conn.id, None)
         for direction in (ORIG, RESP):
             self._end_stream(conn, direction, how, ts_ns, frame)
         fwd = (conn.orig, conn.orig_port, conn.resp, conn.resp_port)
