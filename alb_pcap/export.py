@@ -140,6 +140,7 @@ class JsonExport:
                 "statuses": dict(summary.statuses.most_common()),
                 "exchange_endings": dict(summary.endings.most_common()),
                 "keepalive_probes": summary.keepalive_probes,
+                "cross_capture_duplicates": summary.cross_capture_duplicates,
                 "anomalies": dict(summary.anomalies.counts.most_common()),
             },
             "anomalies": [anomaly_dict(a) for a in summary.anomalies.kept],

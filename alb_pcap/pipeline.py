@@ -39,6 +39,7 @@ class Summary:
     endings: Counter[str] = field(default_factory=Counter)  # how exchanges ended
     keepalive_probes: int = 0
     peak_open_connections: int = 0
+    cross_capture_duplicates: int = 0  # the same segment in two of the captures given together
 
 
 class _HttpStage:
@@ -97,11 +98,35 @@ class _HttpStage:
                 sink.exchange(exchange, self.flows[conn_id])
 
 
-def _merged(streams: list[Iterator[Packet]]) -> Iterable[Packet]:
+CROSS_COPY_WINDOW_NS = 2_000_000
+
+
+def _merged(streams: list[Iterator[Packet]], summary: Summary) -> Iterable[Packet]:
     """Several captures of one incident (front and back, say) read as one timeline."""
     if len(streams) == 1:
         return streams[0]
-    return heapq.merge(*streams, key=lambda p: p.ts_ns)
+    return _without_cross_copies(heapq.merge(*streams, key=lambda p: p.ts_ns), summary)
+
+
+def _without_cross_copies(packets: Iterable[Packet], summary: Summary) -> Iterator[Packet]:
+    """Drop a segment a second capture also holds (both ENIs of a path mirrored into two files).
+
+    Each capture already drops its own mirror copies (capture.py, with the IP id in the key);
+    across files only the TCP fields can be compared, within the same 2 ms window.
+    """
+    seen: dict[tuple, int] = {}
+    prune_at = 0
+    for p in packets:
+        key = (p.src, p.dst, p.sport, p.dport, p.seq, p.ack, p.flags, p.win, len(p.payload) + p.missing)
+        ts = seen.get(key)
+        if ts is not None and p.ts_ns - ts <= CROSS_COPY_WINDOW_NS:
+            summary.cross_capture_duplicates += 1
+            continue
+        seen[key] = p.ts_ns
+        if p.ts_ns >= prune_at:  # memory: only the last window's keys matter
+            seen = {k: t for k, t in seen.items() if p.ts_ns - t <= CROSS_COPY_WINDOW_NS}
+            prune_at = p.ts_ns + 100 * CROSS_COPY_WINDOW_NS
+        yield p
 
 
 def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
@@ -119,7 +144,7 @@ def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
         stage = _HttpStage(list(sinks), summary)
         tracker = TcpTracker(stage, summary.anomalies)
         count = 0
-        for pkt in _merged([c.packets() for c in captures]):
+        for pkt in _merged([c.packets() for c in captures], summary):
             tracker.feed(pkt)
             count += 1
             if not count & 0xFFFF:

@@ -94,3 +94,14 @@ def test_score_fails_when_findings_are_missed():
     other = SAMPLES / "alb-gateway-timeout.expected.json"
     result = invoke("score", RACE, "--expected", other)
     assert result.exit_code == 1 and "missed" in result.output
+
+
+def test_the_same_packets_in_two_captures_count_once(tmp_path):
+    copy = tmp_path / "other-eni.pcap"
+    copy.write_bytes(SAMPLES.joinpath("alb-keepalive-race.pcap").read_bytes())
+    one = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", "--json", "-").output)
+    both = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", copy, "--json", "-").output)
+    assert both["summary"]["cross_capture_duplicates"] == one["captures"][0]["counts"]["decoded"]
+    strip = lambda doc: [(e["flow"], e["method"], e["status"], e["ended"]) for e in doc["exchanges"]]
+    assert strip(both) == strip(one)
+    assert [f["kind"] for f in both["findings"]] == [f["kind"] for f in one["findings"]]
