@@ -40,6 +40,7 @@ def connection_dict(conn: Connection) -> dict:
         "end": seconds(conn.end_ns),
         "duration": round((conn.end_ns - conn.start_ns) / 1e9, 6),
         "syn_seen": conn.syn_seen,
+        "syn_frame": conn.syn_frame,
         "closed_by": None if conn.first_close is None else _SIDE[conn.first_close.by],
         "close": close_dict(conn.first_close),
         "fins": [close_dict(f) for f in conn.fins],

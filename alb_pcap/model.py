@@ -160,6 +160,7 @@ class Connection:
     retransmits: tuple[int, int]
     gaps: tuple[int, int]  # number of gaps per direction
     vni: int | None
+    syn_frame: int | None = None  # the opener's first SYN
 
     @property
     def flow(self) -> str:

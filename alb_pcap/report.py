@@ -184,7 +184,7 @@ def _connection_moments(conn: Connection, side: str) -> list[_Moment]:
     who = {ORIG: opener, 1: acceptor}
     out = []
     if conn.syn_seen:
-        out.append(_Moment(conn.start_ns, side, None, f"SYN from the {opener} (connection opens)"))
+        out.append(_Moment(conn.start_ns, side, conn.syn_frame, f"SYN from the {opener} (connection opens)"))
     out += [_Moment(p.ts_ns, side, p.frame, f"TCP keep-alive probe from the {who[p.direction]}")
             for p in conn.probes]
     out += [_Moment(f.ts_ns, side, f.frame, f"FIN from the {who[f.by]}") for f in conn.fins]

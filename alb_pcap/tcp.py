@@ -108,7 +108,7 @@ class _Half:
 class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
-        "half", "history", "syn_seen", "first_close", "fins", "rst", "vni", "closed_at",
+        "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -122,6 +122,7 @@ class _Conn:
         self.half = (_Half(), _Half())
         self.history: list[str] = ["^"] if flipped else []
         self.syn_seen = False
+        self.syn_frame: int | None = None
         self.first_close: Close | None = None
         self.fins: list[Close] = []
         self.rst: Close | None = None
@@ -346,7 +347,8 @@ class TcpTracker:
 
     def _syn(self, conn: _Conn, half: _Half, pkt: Packet) -> None:
         if half.isn is None:
-            conn.syn_seen = conn.syn_seen or not pkt.flags & TH_ACK
+            if not pkt.flags & TH_ACK and not conn.syn_seen:
+                conn.syn_seen, conn.syn_frame = True, pkt.frame
             half.isn = pkt.seq
             half.next_seq = (pkt.seq + 1) % _MOD
         elif half.isn == pkt.seq:
@@ -549,6 +551,6 @@ class TcpTracker:
             probe_counts=(o.probe_count, r.probe_count),
             zero_windows=(o.zero_windows, r.zero_windows),
             retransmits=(o.retransmits, r.retransmits),
-            gaps=(o.gaps, r.gaps), vni=conn.vni,
+            gaps=(o.gaps, r.gaps), vni=conn.vni, syn_frame=conn.syn_frame,
         )
 
