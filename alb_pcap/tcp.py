@@ -525,9 +525,14 @@ class TcpTracker:
             self.listener.on_end(conn.id, direction, how, ts_ns, frame)
 
     def _finalize(self, conn: _Conn, how: str, ts_ns: int, frame: int) -> None:
-        self._lingering.pop(conn.id, None)
+        # Mark it closed before ending its streams: ending a stream can drain a buffered FIN
+        # (_maybe_end), which would otherwise put the connection back in the linger set for
+        # the sweep to finalize a second time. The linger entry goes after the streams end.
+        if conn.closed_at is None:
+            conn.closed_at = ts_ns
         for direction in (ORIG, RESP):
             self._end_stream(conn, direction, how, ts_ns, frame)
+        self._lingering.pop(conn.id, None)
         fwd = (conn.orig, conn.orig_port, conn.resp, conn.resp_port)
         if self._by_tuple.get(fwd, (None,))[0] is conn:
             del self._by_tuple[fwd]

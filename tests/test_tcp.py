@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from alb_pcap.model import ORIG, RESP, AnomalyLog
 from alb_pcap.tcp import TcpTracker, conn_state, SYN_SENT, INACTIVE
 
+from alb_pcap.model import TH_ACK, TH_FIN, TH_SYN
+
 from .factories import SEC, Conversation
 
 
@@ -239,3 +241,39 @@ def test_random_packet_soup_never_raises():
     soup = [rnd.choice(pkts)._replace(seq=rnd.getrandbits(32), flags=rnd.getrandbits(6))
             for _ in range(500)]
     run(soup)
+
+
+# -- records out of order (issue 10) --------------------------------------------------
+
+
+def _closed_ids(packets) -> list[int]:
+    return [c.id for c in run(packets).closed]
+
+
+def test_a_connection_is_closed_once_when_its_records_come_out_of_order():
+    """The reproducer's shape (tests/data/crashers/records-out-of-order-close-twice.pcap): the
+    server's FIN waits behind a hole, then a SYN starts a new connection on the tuple. Ending the
+    old one's streams drained the FIN, which put it back in the linger set, and the sweep closed
+    it a second time."""
+    t = 1_700_000_000 * SEC
+    c = Conversation(cisn=30701009, sisn=847125488)
+    c._emit(0, TH_ACK, seq=30701219, dt=0)
+    c._emit(1, TH_SYN | TH_ACK, seq=847125488, dt=0)
+    c._emit(1, TH_FIN | TH_ACK, seq=847125600, dt=0)
+    c._emit(0, TH_SYN, seq=30701009, dt=0)
+    packets = [p._replace(ts_ns=t + dt) for p, dt in zip(c.packets, (2 * SEC, 0, 2 * SEC, 0))]
+    other = Conversation(cport=40001, t=t + 3 * SEC).handshake().packets[0]
+    ids = _closed_ids(packets + [other])
+    assert sorted(ids) == [1, 2, 3]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_shuffled_records_close_every_connection_exactly_once(rnd):
+    packets = basic().packets + Conversation(cport=40001, cisn=9000).handshake().packets
+    packets = list(packets)
+    rnd.shuffle(packets)
+    t = packets[0].ts_ns
+    late = [p._replace(ts_ns=t + i * SEC // 2) for i, p in enumerate(packets)]  # times follow file order
+    ids = _closed_ids(late)
+    assert len(ids) == len(set(ids))
