@@ -33,6 +33,7 @@ connection's opener marks a back connection; everything else is front.
 from __future__ import annotations
 
 import heapq
+from zlib import crc32
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -40,7 +41,6 @@ from typing import Callable, NamedTuple
 from .model import Close, Exchange
 
 SEC = 1_000_000_000
-ID_HEADERS = ("x-amzn-trace-id", "x-request-id", "x-correlation-id")
 # Statuses a proxy makes up itself: worth keeping the transaction for.
 PROXY_STATUSES = frozenset({408, 460, 499, 502, 503, 504})
 # Different captures of one incident are merged by timestamp; allow them to
@@ -89,7 +89,12 @@ class ExchangeRef(NamedTuple):
     response_end_ns: int | None
     request_frame: int | None
     response_frame: int | None
-    request_ids: tuple[str, ...]
+    request_ids: tuple[tuple[str, str], ...]
+    """(header name, id value) for each header whose value looks like a per-request id."""
+    content: tuple
+    """(method, last path segment and query, body length): what survives a proxy's rewriting."""
+    fingerprint: int
+    """A 64-bit sketch of the request's end-to-end headers (see ``similarity``)."""
     forwarded_for: str | None
     """Last hop of X-Forwarded-For: the address the proxy received the request from."""
     forwarded_port: int | None
@@ -124,7 +129,8 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
         ex.request_frame, ex.response_frame,
-        _request_ids(request), _last_hop(request.get("x-forwarded-for")),
+        _request_ids(request), (ex.method, _uri_tail(ex.uri), ex.request_body_len), _fingerprint(request),
+        _last_hop(request.get("x-forwarded-for")),
         _int(request.get("x-forwarded-port")), response.get("server"),
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
@@ -133,17 +139,77 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
     )
 
 
-def _request_ids(headers: dict[str, str]) -> tuple[str, ...]:
+# Headers whose values are never a per-request id (a session cookie repeats per client).
+NOT_IDS = frozenset({
+    "host", "cookie", "authorization", "user-agent", "referer", "origin", "date", "range", "via",
+    "forwarded", "x-forwarded-for", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-host",
+    "x-real-ip", "connection", "keep-alive", "te", "upgrade", "cache-control", "pragma", "expect",
+    "content-type", "content-length", "transfer-encoding", "content-encoding", "accept",
+    "accept-encoding", "accept-language", "if-none-match", "if-modified-since", "if-match",
+    "proxy-authorization", "sec-websocket-key", "tracestate", "baggage",
+})
+_ID_CHARS = frozenset("0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-_.:=+/")
+
+
+def _request_ids(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Values that may name this one request, whatever the header is called.
+
+    Which of them really cross a proxy unchanged and differ per request is learnt
+    from the traffic (``Correlator``); here only the shape is judged: one token of
+    16+ characters with digits in it, or the trace id inside a tracing header
+    (the proxy may start a new span, so the whole value need not cross).
+    """
     ids = []
-    for name in ID_HEADERS:
-        value = headers.get(name)
-        if value:
-            ids.append(_trace_root(value) if name == "x-amzn-trace-id" else value.strip())
+    for name, value in headers.items():
+        if name in NOT_IDS or len(value) < 16 or len(value) > 200:
+            continue
+        if name == "x-amzn-trace-id":
+            value = _trace_root(value)  # the ALB appends Self=; Root= is what both sides share
+        elif name == "traceparent":
+            value = value.split("-")[1] if value.count("-") >= 3 else value  # version-traceid-span-flags
+        elif name == "b3":
+            value = value.split("-")[0]
+        value = value.strip()
+        if len(value) >= 16 and _ID_CHARS.issuperset(value) and any(c.isdigit() for c in value):
+            ids.append((name, value))
     return tuple(ids)
 
 
+# Headers a proxy adds, drops or rewrites: they say nothing about which request it is.
+NOT_CONTENT = frozenset({
+    "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-connection", "proxy-authorization", "content-length", "via", "forwarded",
+    "x-forwarded-for", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
+    "x-amzn-trace-id", "traceparent", "tracestate", "x-request-id", "x-request-start",
+})
+
+
+def _fingerprint(headers: dict[str, str]) -> int:
+    """One bit per end-to-end header (name, value), in 64 bits: cheap to keep, cheap to compare."""
+    bits = 0
+    for name, value in headers.items():
+        if name not in NOT_CONTENT:
+            bits |= 1 << (crc32(f"{name}\0{value}".encode(errors="replace")) & 63)
+    return bits
+
+
+def similarity(front: int, back: int) -> float:
+    """The share of the front request's header bits that the back request carries too."""
+    have = front.bit_count()
+    return 1.0 if not have else (front & back).bit_count() / have
+
+
+def _uri_tail(uri: str | None) -> str | None:
+    """``/api/v1/users?id=3`` -> ``users?id=3``: a proxy strips or adds a prefix, not the tail."""
+    if uri is None:
+        return None
+    path, q, query = uri.partition("?")
+    if "://" in path:  # absolute form
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    return path.rstrip("/").rpartition("/")[2] + q + query
+
+
 def _trace_root(value: str) -> str:
-    """The ALB appends ``Self=`` to a client's X-Amzn-Trace-Id; ``Root=`` is what both sides share."""
     for part in value.split(";"):
         if part.strip().lower().startswith("root="):
             return part.strip()[5:]
@@ -276,7 +342,12 @@ class Roles:
         return None
 
     def learn(self, front: ExchangeRef, back: ExchangeRef) -> None:
-        keys = (f"ep:{front.acceptor}", f"ip:{host_of(back.opener)}")
+        """A pair was made: the front's acceptor is a listener of the proxy that opened the back."""
+        number = self.assign(front.acceptor, host_of(back.opener), back.acceptor)
+        self.paired[number] = self.paired.get(number, 0) + 1
+
+    def assign(self, listener: str, back_ip: str, target: str) -> int:
+        keys = (f"ep:{listener}", f"ip:{back_ip}")
         numbers = {self.proxy_of[k] for k in keys if k in self.proxy_of}
         number = min(numbers, default=len(self.paired) + len(self.proxy_of) + 1)
         for key, n in list(self.proxy_of.items()):  # one proxy seen from two sides: merge
@@ -284,8 +355,14 @@ class Roles:
                 self.proxy_of[key] = number
         for key in keys:
             self.proxy_of[key] = number
-        self.targets[back.acceptor] = number
-        self.paired[number] = self.paired.get(number, 0) + 1
+        self.targets[target] = number
+        return number
+
+    def may_pair(self, front: ExchangeRef, back: ExchangeRef) -> bool:
+        """Content pairing must not cross proxies the capture has already told apart."""
+        mine = self.proxy_of.get(f"ep:{front.acceptor}")
+        theirs = self.proxy_of.get(f"ip:{host_of(back.opener)}")
+        return mine is None or theirs is None or mine == theirs
 
     def note(self, ref: ExchangeRef, side: str) -> None:
         """One-side evidence, for proxies[] when no pair says more."""
@@ -330,6 +407,79 @@ class Roles:
         return out
 
 
+class RoleFinder:
+    """Finds proxies from what they do, before any exchange is paired.
+
+    A proxy accepts a request and, within milliseconds, sends the same request
+    (see ``same_request``) on a connection it opens; its answer to the client
+    comes after the target's answer to it. So of two such exchanges close in
+    time, the one that encloses the other is the client side. A proxy whose
+    back address is its listener's host, or that passes an id-shaped header
+    value on unchanged, is taken at the first sighting; one with a second
+    address (an ALB node, the lab) after ``VOTES`` of them.
+    Nothing here depends on a header name: roles come before pairing, so the
+    correlator puts each exchange on the right side from the start.
+    """
+
+    VOTES = 2
+    HORIZON_NS = 2 * SEC
+    SAME_HOST_LAG_NS = SEC
+    """How long after the client's request a proxy on the same host may forward it (it may wait to connect)."""
+    OTHER_HOST_LAG_NS = SEC // 10
+
+    def __init__(self, roles: Roles) -> None:
+        self.roles = roles
+        self._recent: dict[tuple, deque[ExchangeRef]] = {}
+        self._arrivals: deque[tuple[int, tuple]] = deque()
+        self._votes: dict[tuple[str, str], int] = {}
+
+    def observe(self, ref: ExchangeRef) -> None:
+        if ref.request_start_ns is None or ref.method is None:
+            return
+        self._forget(ref.start_ns - self.HORIZON_NS)
+        for other in self._recent.get(ref.content, ()):
+            for outer, inner in ((other, ref), (ref, other)):
+                if self._encloses(outer, inner):
+                    self._vote(outer, inner)
+        self._recent.setdefault(ref.content, deque(maxlen=32)).append(ref)
+        self._arrivals.append((ref.start_ns, ref.content))
+
+    def _forget(self, before_ns: int) -> None:
+        while self._arrivals and self._arrivals[0][0] < before_ns:
+            _, key = self._arrivals.popleft()
+            recent = self._recent.get(key)
+            while recent and recent[0].start_ns < before_ns:
+                recent.popleft()
+            if recent is not None and not recent:
+                del self._recent[key]
+
+    def _encloses(self, outer: ExchangeRef, inner: ExchangeRef) -> bool:
+        """``inner`` is ``outer`` sent on by a proxy: later, by little, answered first, same request."""
+        if not same_request(outer, inner):
+            return False
+        same_host = host_of(outer.acceptor) == host_of(inner.opener)
+        lag = inner.request_start_ns - (outer.request_end_ns or outer.request_start_ns)
+        if inner.request_start_ns <= outer.request_start_ns:  # a proxy cannot forward what it has not got
+            return False
+        if lag > (self.SAME_HOST_LAG_NS if same_host else self.OTHER_HOST_LAG_NS) + SKEW_NS:
+            return False
+        if outer.response_start_ns is not None and inner.response_start_ns is not None:
+            return inner.response_start_ns <= outer.response_start_ns + SKEW_NS
+        return True
+
+    def _vote(self, outer: ExchangeRef, inner: ExchangeRef) -> None:
+        listener, back_ip = outer.acceptor, host_of(inner.opener)
+        if self.roles.conn_side(inner.opener, inner.acceptor) == "back" and \
+                self.roles.conn_side(outer.opener, outer.acceptor) == "front":
+            return  # known already
+        votes = self._votes.get((listener, back_ip), 0) + 1
+        if len(self._votes) < 4096 or (listener, back_ip) in self._votes:
+            self._votes[(listener, back_ip)] = votes
+        shared_id = bool({v for _, v in outer.request_ids} & {v for _, v in inner.request_ids})
+        if host_of(listener) == back_ip or shared_id or votes >= self.VOTES:
+            self.roles.assign(listener, back_ip, inner.acceptor)
+
+
 # -- the correlator ---------------------------------------------------------------
 
 
@@ -342,16 +492,42 @@ class _Tx:
 
 
 def _front_keys(ref: ExchangeRef) -> list[tuple]:
-    keys: list[tuple] = [("id", i) for i in ref.request_ids]
+    keys: list[tuple] = [("id", value) for _, value in ref.request_ids]
     keys.append(("xff", host_of(ref.opener), ref.method, ref.uri))
+    keys.append(("req",) + ref.content)
     return keys
 
 
 def _back_keys(ref: ExchangeRef) -> list[tuple]:
-    keys: list[tuple] = [("id", i) for i in ref.request_ids]
+    keys: list[tuple] = [("id", value) for _, value in ref.request_ids]
     if ref.forwarded_for:
         keys.append(("xff", ref.forwarded_for, ref.method, ref.uri))
+    keys.append(("req",) + ref.content)
     return keys
+
+
+MIN_SIMILARITY = 0.5
+"""Share of the client's own headers a proxied request must carry to pair by content alone."""
+
+
+def same_request(front: ExchangeRef, back: ExchangeRef) -> bool:
+    """Could ``back`` be ``front`` sent on by a proxy? Content alone, no forwarding header.
+
+    A proxy opens the back connection to somewhere else than its own listener, from an
+    address that is not the client's; it keeps most of the client's end-to-end headers.
+    """
+    if back.acceptor == front.acceptor or host_of(back.opener) == host_of(front.opener):
+        return False
+    if back.forwarded_for is not None and back.forwarded_for != host_of(front.opener):
+        return False
+    return similarity(front.fingerprint, back.fingerprint) >= MIN_SIMILARITY
+
+
+def how_paired(key: tuple, ref: ExchangeRef) -> str:
+    if key[0] == "id":
+        name = next((n for n, v in ref.request_ids if v == key[1]), "request id")
+        return f"header {name}"
+    return "x-forwarded-for" if key[0] == "xff" else "content"
 
 
 def causal(front: ExchangeRef, back: ExchangeRef, window_ns: int) -> bool:
@@ -383,6 +559,7 @@ class Correlator:
         self._seq = 0
         self._where: dict[tuple[int, int], _Tx | None] = {}  # exchange -> its tx (None: waiting back)
         self._cuts: dict[tuple[int, int], Cut] = {}
+        self._shared_names: set[str] = set()  # headers whose id-shaped values repeat: not request ids
         self._unclaimed: dict[tuple[int, int], ExchangeRef] = {}  # backs waiting for their front
         self._settling: dict[int, _Tx] = {}  # client connection -> its last healthy transaction
         self._next_sweep = 0
@@ -444,16 +621,35 @@ class Correlator:
     def _add_front(self, ref: ExchangeRef) -> None:
         tx = _Tx(ref)
         self._where[ref.key] = tx
-        for key in _front_keys(ref):
-            for back in self._take_backs(key, ref):
-                self._attach(tx, back, "request id" if key[0] == "id" else "x-forwarded-for")
+        keys = self._usable(ref, _front_keys(ref), True)
+        for key in keys:  # strongest key first; the first that pairs decides
+            backs = self._take_backs(key, ref)
+            for back in backs:
+                self._attach(tx, back, how_paired(key, ref))
+            if backs:
+                break
         if not tx.backs:  # its back may still come (merged captures, a proxy still waiting)
-            for key in _front_keys(ref):
+            for key in keys:
                 self._fronts.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(tx)
         if ref.interesting or any(b.interesting for b in tx.backs):
             self._push(ref.last_ns + self.window_ns, tx)
         else:
             self._settle(tx)  # the usual case: memory stays flat under load
+
+    def _usable(self, ref: ExchangeRef, keys: list[tuple], front: bool) -> list[tuple]:
+        """Leave out ids of headers seen to repeat across client requests: a static token is no request id."""
+        out = []
+        for key in keys:
+            if key[0] == "id":
+                name = next(n for n, v in ref.request_ids if v == key[1])
+                if name in self._shared_names:
+                    continue
+                if front and any(_alive_front(tx) for tx in self._fronts.get(key, ())):
+                    if len(self._shared_names) < MAX_CANDIDATES:
+                        self._shared_names.add(name)
+                    continue
+            out.append(key)
+        return out
 
     def _settle(self, tx: _Tx) -> None:
         """Hold a paired, healthy transaction only until its connection shows it was not cut.
@@ -470,21 +666,24 @@ class Correlator:
     def _take_backs(self, key: tuple, front: ExchangeRef) -> list[ExchangeRef]:
         waiting = _pending(self._backs, key, lambda b: b.key in self._unclaimed)
         matches = [b for b in waiting if causal(front, b, self.window_ns)]
+        if key[0] == "req":
+            matches = [b for b in matches if same_request(front, b) and self.roles.may_pair(front, b)]
         answered = [b for b in matches if b.answered]
-        if len(answered) > 1:  # same client, same URI, overlapping: keep the closest in time
-            best = min(answered, key=lambda b: b.start_ns - front.start_ns)
+        if len(answered) > 1:  # same request, overlapping: keep the likeliest
+            best = min(answered, key=lambda b: _distance(front, b))
             matches = [b for b in matches if not b.answered or b is best]
         return matches
 
     def _add_back(self, ref: ExchangeRef) -> None:
-        for key in _back_keys(ref):
+        keys = self._usable(ref, _back_keys(ref), False)
+        for key in keys:
             tx = self._best_front(key, ref)
             if tx is not None:
-                self._attach(tx, ref, "request id" if key[0] == "id" else "x-forwarded-for")
+                self._attach(tx, ref, how_paired(key, ref))
                 return
         self._where[ref.key] = None
         self._unclaimed[ref.key] = ref
-        for key in _back_keys(ref):
+        for key in keys:
             self._backs.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(ref)
         # the queue holds only the key: a claimed back must not stay alive until its deadline
         self._push(ref.last_ns + (self.window_ns if ref.interesting else self.settle_ns), ref.key)
@@ -495,7 +694,10 @@ class Correlator:
 
         waiting = _pending(self._fronts, key, _alive_front)
         candidates = [tx for tx in waiting if free(tx) and causal(tx.front, back, self.window_ns)]
-        return min(candidates, key=lambda tx: back.start_ns - tx.front.start_ns, default=None)
+        if key[0] == "req":
+            candidates = [tx for tx in candidates
+                          if same_request(tx.front, back) and self.roles.may_pair(tx.front, back)]
+        return min(candidates, key=lambda tx: _distance(tx.front, back), default=None)
 
     def _attach(self, tx: _Tx, back: ExchangeRef, how: str) -> None:
         tx.backs.append(back)
@@ -558,6 +760,11 @@ MAX_PER_KEY = 4 * MAX_CANDIDATES
 
 def _alive_front(tx: _Tx) -> bool:
     return not tx.done
+
+
+def _distance(front: ExchangeRef, back: ExchangeRef) -> tuple[float, int]:
+    """Likelier first: more of the client's headers carried, then the back request sooner after the front."""
+    return (-similarity(front.fingerprint, back.fingerprint), back.start_ns - front.start_ns)
 
 
 def _pending(index: dict[tuple, deque], key: tuple, alive: Callable[[object], bool]) -> list:

@@ -21,7 +21,7 @@ keep-alive timeout), and writes the verdict.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .correlate import (
     Cut,
     ExchangeRef,
     Proxy,
+    RoleFinder,
     Roles,
     Transaction,
     host_of,
@@ -85,6 +86,9 @@ class _Activity:
 
 MAX_FAILING_PER_CONN = 8
 MAX_KEPT_CONNECTIONS = 2000
+LOOKAHEAD_NS = SEC
+"""Records wait this long (capture time) before diagnosis, so roles seen in the next second apply to them."""
+MAX_LOOKAHEAD = 20_000
 
 
 class Diagnosis:
@@ -94,6 +98,8 @@ class Diagnosis:
                  keep_per_kind: int = 200) -> None:
         self.roles = Roles(tuple(proxies), tuple(listeners))
         self.correlator = Correlator(self.roles)
+        self.finder = RoleFinder(self.roles)
+        self._ahead: deque[tuple[int, ExchangeRef | Connection]] = deque()
         self.keep_per_kind = keep_per_kind
         self.timers = TimerBook()
         self._open: dict[int, _Activity] = {}
@@ -106,8 +112,27 @@ class Diagnosis:
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
         ref = ref_of(exchange, flow)
+        self.finder.observe(ref)
+        self._ahead.append((ref.last_ns, ref))
+        self._catch_up(ref.last_ns)
+
+    def connection(self, conn: Connection) -> None:
+        self._ahead.append((conn.end_ns, conn))
+        self._catch_up(conn.end_ns)
+
+    def _catch_up(self, now_ns: int) -> None:
+        """Diagnose what is older than the look-ahead: the roles it needs have been seen by now."""
+        ahead = self._ahead
+        while ahead and (ahead[0][0] < now_ns - LOOKAHEAD_NS or len(ahead) > MAX_LOOKAHEAD):
+            _, item = ahead.popleft()
+            if isinstance(item, Connection):
+                self._connection(item)
+            else:
+                self._exchange(item)
+
+    def _exchange(self, ref: ExchangeRef) -> None:
         side = self.correlator.add(ref)
-        act = self._open.setdefault(exchange.conn_id, _Activity())
+        act = self._open.setdefault(ref.conn_id, _Activity())
         if side == "back":
             act.side = "back"
         entry = (ref, act.last_http_ns)
@@ -117,7 +142,7 @@ class Diagnosis:
         act.last_http_ns = max(act.last_http_ns or 0, ref.last_ns)
         self._advance(ref.last_ns)
 
-    def connection(self, conn: Connection) -> None:
+    def _connection(self, conn: Connection) -> None:
         act = self._open.pop(conn.id, None) or _Activity()
         side = self._conn_side(conn, act)
         outstanding = self._cut(conn, act)
@@ -133,6 +158,7 @@ class Diagnosis:
         self._advance(conn.end_ns)
 
     def finish(self) -> DiagnosisResult:
+        self._catch_up(max((ts for ts, _ in self._ahead), default=0) + LOOKAHEAD_NS + 1)
         correlation = self.correlator.finish()
         timers = self.timers.renamed(self._subject)
         _observe_give_ups(correlation.transactions, timers)

@@ -1,14 +1,28 @@
 from __future__ import annotations
 
-from alb_pcap.correlate import SEC, Correlator, Cut, Roles, host_of, ref_of, split_flow
+from alb_pcap.correlate import SEC, Correlator, Cut, RoleFinder, Roles, host_of, ref_of, split_flow
 
 from .diag_builders import CLIENT_FLOW, TARGET_FLOW, back_exchange, close, make_exchange, ns
 
 OTHER_CLIENT_FLOW = "198.18.0.11:40001->198.18.1.10:80"
+ROOT = "1-67a1b2c3-0123456789abcdef01234567"
+REQUEST_ID = "7f3a9c1e-55aa-4b1e-9d0c-2a1b3c4d5e6f"
 
 
 def correlator(**kw) -> Correlator:
     return Correlator(Roles(**kw))
+
+
+def diagnosed(*records: tuple) -> Correlator:
+    """As Diagnosis does: roles are looked for in every exchange before any is paired."""
+    c = correlator()
+    finder = RoleFinder(c.roles)
+    refs = [ref_of(ex, flow) for ex, flow in records]
+    for ref in refs:
+        finder.observe(ref)
+    for ref in refs:
+        c.add(ref)
+    return c
 
 
 def test_flow_parts_ipv4_and_ipv6():
@@ -18,10 +32,10 @@ def test_flow_parts_ipv4_and_ipv6():
 
 
 def test_ref_reads_forwarding_headers():
-    ref = ref_of(back_exchange(client="198.18.0.10:1", trace="1-5f0-abc"), TARGET_FLOW)
+    ref = ref_of(back_exchange(client="198.18.0.10:1", trace=ROOT), TARGET_FLOW)
     assert ref.forwarded_for == "198.18.0.10"
     assert ref.forwarded_port == 80
-    assert ref.request_ids == ("1-5f0-abc",)  # Root= only: the ALB adds Self=
+    assert ref.request_ids == (("x-amzn-trace-id", ROOT),)  # Root= only: the ALB adds Self=
 
 
 def test_ref_xff_last_hop_and_close():
@@ -70,13 +84,13 @@ def test_front_first_then_back_pairs():
 
 def test_request_id_pairs_even_when_uri_is_rewritten():
     c = correlator()
-    front = make_exchange(conn_id=1, status=502, headers={"X-Request-Id": "r-1"})
+    front = make_exchange(conn_id=1, status=502, headers={"X-Request-Id": REQUEST_ID})
     back = make_exchange(conn_id=2, uri="/rewritten", start=0.001, status=None, ended="rst",
-                         headers={"X-Request-Id": "r-1", "X-Forwarded-For": "198.18.0.10"})
+                         headers={"X-Request-Id": REQUEST_ID, "X-Forwarded-For": "198.18.0.10"})
     c.add(ref_of(back, TARGET_FLOW))
     c.add(ref_of(front, CLIENT_FLOW))
     (tx,) = c.finish().transactions
-    assert tx.paired_by == "request id" and tx.backs
+    assert tx.paired_by == "header x-request-id" and tx.backs
 
 
 def test_retry_gives_one_front_two_backs():
@@ -162,3 +176,81 @@ def test_other_clients_do_not_pair():
     c.add(ref_of(back_exchange(conn_id=2, start=0.001), TARGET_FLOW))
     c.add(ref_of(make_exchange(conn_id=1, start=0.0), OTHER_CLIENT_FLOW))
     assert c.finish().counts.paired == 0
+
+
+# -- without forwarding headers ----------------------------------------------------------------
+
+UA = {"Host": "shop.example", "User-Agent": "curl/8.1", "Accept": "*/*", "Cookie": "s=42"}
+
+
+def test_uri_tail_survives_a_prefix_rewrite():
+    front = ref_of(make_exchange(uri="/api/v1/users?id=3", headers=UA), CLIENT_FLOW)
+    back = ref_of(make_exchange(uri="/users?id=3", headers={k.lower(): v for k, v in UA.items()}), TARGET_FLOW)
+    assert front.content == back.content
+    assert back.fingerprint == front.fingerprint  # names lower-cased (HAProxy): same sketch
+
+
+def test_learned_request_id_under_any_name():
+    headers = dict(UA, **{"X-Shop-Trace": REQUEST_ID})
+    c = diagnosed((make_exchange(conn_id=2, start=0.001, status=None, ended="rst", headers=headers), TARGET_FLOW),
+                  (make_exchange(conn_id=1, start=0.0, status=502, headers=headers), CLIENT_FLOW))
+    (tx,) = c.finish().transactions
+    assert tx.paired_by == "header x-shop-trace"
+
+
+def test_a_repeated_token_is_not_a_request_id():
+    # a static API key has an id's shape but repeats: pairing must not rely on it
+    c = correlator()
+    key = {"X-Api-Key": "k9f83hf8a7sd6f5a4s3d2f1"}
+    c.add(ref_of(make_exchange(conn_id=1, start=0.0, status=None, ended="fin", headers=key), CLIENT_FLOW))
+    c.add(ref_of(make_exchange(conn_id=3, start=1.0, status=None, ended="fin", headers=key), OTHER_CLIENT_FLOW))
+    assert "x-api-key" in c._shared_names
+
+
+def test_content_pairs_without_any_forwarding_header():
+    # one sighting is enough when the proxy opens its target connection from its listener's address
+    same_host = "198.18.1.10:50000->198.18.3.11:8080"
+    c = diagnosed((make_exchange(conn_id=2, uri="/cart", start=0.001, status=None, ended="rst",
+                                 headers={k.lower(): v for k, v in UA.items()}), same_host),
+                  (make_exchange(conn_id=1, uri="/shop/cart", start=0.0, status=502, headers=UA), CLIENT_FLOW))
+    (tx,) = c.finish().transactions
+    assert tx.paired_by == "content" and tx.backs[0].exchange.conn_id == 2
+
+
+def test_content_pairing_needs_the_clients_headers():
+    c = diagnosed((make_exchange(conn_id=2, start=0.001, status=None, ended="rst",
+                                 headers={"User-Agent": "python-requests/2.31", "Accept": "text/html"}), TARGET_FLOW),
+                  (make_exchange(conn_id=1, start=0.0, status=502, headers=UA), CLIENT_FLOW))
+    assert c.finish().counts.paired == 0
+
+
+def test_identical_concurrent_requests_pair_one_to_one():
+    # two clients, the same request at nearly the same time, multiplexed onto two target connections
+    other_back = "198.18.2.10:50001->198.18.3.11:8080"
+    c = diagnosed((make_exchange(conn_id=3, start=0.0011, duration=0.02, headers=UA), TARGET_FLOW),
+                  (make_exchange(conn_id=4, start=0.0021, duration=0.02, headers=UA), other_back),
+                  (make_exchange(conn_id=1, start=0.0, duration=0.03, headers=UA), CLIENT_FLOW),
+                  (make_exchange(conn_id=2, start=0.001, duration=0.03, headers=UA), OTHER_CLIENT_FLOW))
+    counts = c.finish().counts
+    assert counts.paired == 2 and counts.unpaired_back == 0 and counts.unpaired_front == 0
+
+
+def test_roles_found_from_behaviour_alone():
+    roles = Roles()
+    finder = RoleFinder(roles)
+    for i in range(2):  # a proxy with a second address needs two sightings
+        finder.observe(ref_of(make_exchange(conn_id=10 + i, start=i, duration=0.03, headers=UA), CLIENT_FLOW))
+        finder.observe(ref_of(make_exchange(conn_id=20 + i, start=i + 0.001, duration=0.02, headers=UA),
+                              TARGET_FLOW))
+    assert roles.conn_side("198.18.2.10:50000", "198.18.3.11:8080") == "back"
+    assert roles.conn_side("198.18.0.10:40000", "198.18.1.10:80") == "front"
+
+
+def test_two_clients_of_one_server_are_not_a_proxy():
+    roles = Roles()
+    finder = RoleFinder(roles)
+    for i in range(5):
+        finder.observe(ref_of(make_exchange(conn_id=10 + i, start=i, duration=0.03, headers=UA), CLIENT_FLOW))
+        finder.observe(ref_of(make_exchange(conn_id=20 + i, start=i + 0.001, duration=0.02, headers=UA),
+                              OTHER_CLIENT_FLOW))
+    assert roles.proxies() == ()
