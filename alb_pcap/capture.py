@@ -71,7 +71,6 @@ Decisions
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import struct
@@ -91,6 +90,11 @@ MAX_RECORD_LEN = 262_144  # Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD
 MAX_BLOCK_LEN = 16 << 20  # pcapng blocks carry options, so more than a record
 
 _CHUNK = 1 << 20
+# Times a calendar can show: 1970 to the end of year 9999 (datetime's range). A pcapng packet
+# outside it (a damaged timestamp, if_tsresol or if_tsoffset) is kept and noted.
+MIN_SANE_TS_NS = 0
+MAX_SANE_TS_NS = 253_402_300_800 * 1_000_000_000 - 1
+BACKWARDS_NOTED_NS = 1_000_000_000  # a frame this much older than the one before it is noted
 _DEDUP_MAX_KEYS = 1 << 16
 _MAX_TUNNEL_LABELS = 1024  # distinct "vxlan vni=N" labels before they share one
 
@@ -247,6 +251,8 @@ class Capture:
         self._streams = streams
         self._anomalies = anomalies
         self._decoder = _Decoder(self.stats, anomalies, dedup_window_ns)
+        if isinstance(reader, _PcapngReader):  # a pcap record's u32 seconds are always in range
+            reader.on_time_out_of_range = self._time_out_of_range
 
     def packets(self) -> Iterator[Packet]:
         """The innermost TCP segment of each frame, in file order.
@@ -263,13 +269,16 @@ class Capture:
         add_anomaly = self._anomalies.add
         frame = stats.frames
         linktype_seen, run = -1, 0  # frames of linktype_seen not yet in stats.link_types
+        last_ts = stats.last_ts_ns
         try:
             for ts_ns, linktype, buf, start, end in self._reader.records():
                 frame += 1
                 stats.frames = frame
-                if stats.first_ts_ns is None:
-                    stats.first_ts_ns = ts_ns
-                stats.last_ts_ns = ts_ns
+                if last_ts is None:
+                    stats.first_ts_ns = last_ts = ts_ns
+                elif ts_ns < last_ts:  # capture order is time order, but for mirror jitter
+                    self._went_backwards(frame, last_ts, ts_ns)
+                stats.last_ts_ns = last_ts = ts_ns
                 if linktype != linktype_seen:
                     self._count_link_type(linktype_seen, run)
                     linktype_seen, run = linktype, 0
@@ -302,6 +311,16 @@ class Capture:
             self._count_link_type(linktype_seen, run)
         self._finish()
 
+    def _went_backwards(self, frame: int, before_ns: int, ts_ns: int) -> None:
+        if before_ns - ts_ns >= BACKWARDS_NOTED_NS:
+            self._anomalies.add("time_went_backwards", frame, ts_ns,
+                                detail=f"{(before_ns - ts_ns) / 1e9:.3f} s before frame {frame - 1}")
+
+    def _time_out_of_range(self, ts_ns: int) -> None:
+        """A pcapng packet time no calendar shows (called before its frame is counted)."""
+        self._anomalies.add("time_out_of_range", self.stats.frames + 1, ts_ns,
+                            detail=f"{ts_ns // 1_000_000_000} s since the epoch")
+
     def _count_link_type(self, linktype: int, frames: int) -> None:
         if frames:
             self.stats.link_types[_LINK_NAMES.get(linktype) or f"linktype {linktype}"] += frames
@@ -309,9 +328,12 @@ class Capture:
     def _finish(self) -> None:
         damage = self._reader.damage
         if damage is not None:
-            self._anomalies.add(
-                damage.anomaly, self.stats.frames + 1, self.stats.last_ts_ns, detail=damage.detail
-            )
+            detail = damage.detail
+            gz = self._streams[0]
+            if isinstance(gz, _GzipStream) and gz.damage and gz.damage not in detail:
+                # zlib notices damage late: what came out just before it is already garbage
+                detail += f" (after {gz.damage})"
+            self._anomalies.add(damage.anomaly, self.stats.frames + 1, self.stats.last_ts_ns, detail=detail)
         self._decoder.finish()
 
     def close(self) -> None:
@@ -358,7 +380,126 @@ def _maybe_gunzip(raw: io.BufferedReader, name: str) -> tuple[io.BufferedIOBase,
         raise CaptureError(f"{name}: empty file")
     if magic != _GZIP_MAGIC:
         return raw, False
-    return gzip.GzipFile(fileobj=raw, mode="rb"), True
+    return _GzipStream(raw), True
+
+
+class _GzipDamaged(zlib.error):
+    """The compressed data is damaged; every byte before the damage was handed out."""
+
+
+class _GzipStream(io.RawIOBase):
+    """gzip members decompressed incrementally, so that damage costs only what follows it.
+
+    ``gzip.GzipFile`` decompresses 128 KiB of input per call and loses that call's output
+    when zlib raises, so a file damaged near its start was refused as a whole. Here each
+    input chunk is fed to a decompressor whose state before the chunk is kept (``copy()``,
+    once per 64 KiB); when zlib raises, the chunk is replayed a byte at a time from that
+    state to recover every byte before the damage, and only then is the error raised.
+    Output per call is bounded (``max_length``), so a decompression bomb costs no memory.
+    Concatenated members and zero padding after the last are read as ``gzip`` does.
+    """
+
+    _IN = 64 * 1024
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._raw = raw
+        self._d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        self._fresh = True  # the current member has been given no input yet
+        self._input = b""  # compressed bytes not yet consumed
+        self._read_in = 0  # compressed bytes read from the file
+        self._out = b""  # decompressed bytes not yet handed out
+        self._error: Exception | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def damage(self) -> str | None:
+        """What zlib said about damaged data, once it has been met."""
+        return str(self._error) if isinstance(self._error, _GzipDamaged) else None
+
+    def read1(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = _CHUNK
+        while not self._out:
+            if self._error is not None:
+                raise self._error
+            if not self._step(n):
+                return b""
+        out, self._out = self._out[:n], self._out[n:]
+        return out
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if n is None or n < 0:
+            parts = []
+            while chunk := self.read1():
+                parts.append(chunk)
+            return b"".join(parts)
+        parts, have = [], 0
+        while have < n:
+            chunk = self.read1(n - have)
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def _step(self, n: int) -> bool:
+        """Decompress some more into ``_out``; False at a clean end of the file."""
+        if not self._input:
+            self._input = self._raw.read(self._IN)
+            self._read_in += len(self._input)
+            if not self._input:
+                if not self._fresh and not self._d.eof:
+                    self._out = self._d.decompress(b"", n)  # output zlib still held back
+                    if self._out:
+                        return True
+                    self._error = EOFError("compressed file ended before the end-of-stream marker was reached")
+                    return True
+                return False
+        if self._d.eof:  # a member ended: another one follows, or zero padding
+            data = self._input.lstrip(b"\x00")
+            self._input = data
+            if not data:
+                return True
+            self._d, self._fresh = zlib.decompressobj(zlib.MAX_WBITS | 16), True
+        d, data = self._d, self._input
+        before = d.copy()
+        self._fresh = False
+        try:
+            self._out = d.decompress(data, n)
+        except zlib.error as exc:
+            self._out, at = self._salvage(before, data)
+            self._input = b""
+            self._error = _GzipDamaged(
+                f"gzip data damaged at compressed byte {self._read_in - len(data) + at} ({_zlib_reason(exc)})"
+            )
+            return True
+        self._input = d.unused_data if d.eof else d.unconsumed_tail
+        return True
+
+    @staticmethod
+    def _salvage(d, data: bytes) -> tuple[bytes, int]:
+        """Everything ``data`` decompresses to before the byte zlib refuses, and that byte's index."""
+        parts = []
+        for i in range(len(data)):
+            try:
+                parts.append(d.decompress(data[i : i + 1]))  # one input byte: a few KiB out at most
+            except zlib.error:
+                return b"".join(parts), i
+            if d.eof:
+                break
+        return b"".join(parts), len(data)
+
+
+def _zlib_reason(exc: zlib.error) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("Error ") and ": " in text else text
 
 
 def _sniff(stream: io.BufferedIOBase, name: str) -> tuple[str, _PcapReader | _PcapngReader]:
@@ -402,7 +543,9 @@ class _ByteSource:
         while have < need:
             try:
                 more = self._read(max(_CHUNK, need - have))
-            except (OSError, EOFError, zlib.error) as exc:  # damaged gzip stream, I/O error
+            except _GzipDamaged as exc:
+                raise _Damaged("corrupt_capture_file", f"{exc}; reading stopped") from None
+            except (OSError, EOFError, zlib.error) as exc:  # cut gzip stream, I/O error
                 raise _Damaged("truncated_capture_file", f"read failed: {exc}") from None
             if not more:
                 break
@@ -552,6 +695,7 @@ class _PcapngReader:
         self._name = name
         self._last_ts_ns = 0
         self.damage: _Damaged | None = None
+        self.on_time_out_of_range: Callable[[int], None] | None = None
 
     @classmethod
     def open(cls, stream: io.BufferedIOBase, name: str) -> _PcapngReader:
@@ -649,6 +793,8 @@ class _PcapngReader:
             raise _Damaged("corrupt_capture_file", f"pcapng packet of {caplen} bytes in a {room}-byte block")
         interface = self._interface(interface_id)
         ts_ns = self._last_ts_ns = interface.ts_ns(high, low)
+        if not MIN_SANE_TS_NS <= ts_ns <= MAX_SANE_TS_NS and self.on_time_out_of_range is not None:
+            self.on_time_out_of_range(ts_ns)
         return ts_ns, interface.linktype, buf, start, start + caplen
 
     def _interface(self, interface_id: int) -> _Interface:

@@ -194,4 +194,8 @@ def _connection_moments(conn: Connection, side: str) -> list[_Moment]:
 
 
 def _clock(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / SEC, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    """UTC wall-clock time; a time no calendar date can hold (a damaged pcapng's) as epoch seconds."""
+    try:
+        return datetime.fromtimestamp(ts_ns / SEC, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts_ns / SEC:.6f} s since the epoch (out of the calendar's range)"

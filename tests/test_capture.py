@@ -797,6 +797,85 @@ def test_cut_gzip_stream_keeps_what_came_before(tmp_path: Path) -> None:
     assert list(log.counts) == ["truncated_capture_file"]
 
 
+def test_gzip_damaged_near_its_start_is_read_up_to_the_damage(tmp_path: Path) -> None:
+    """Issue 10's reproducer: one bit flipped in the first record after 5 intact ones. GzipFile
+    lost the whole first read (all of it here) and the file was refused."""
+    damaged = Path(__file__).parent / "data" / "crashers" / "gzip-damaged-early-5-records-readable.pcap.gz"
+    packets, stats, log = run(damaged.read_bytes(), tmp_path)
+    original = tmp_path / "original.pcap.gz"
+    original.write_bytes((Path(__file__).parents[1] / "sample_captures" / "client-abort-nginx.front.pcap.gz")
+                         .read_bytes())
+    with open_capture(original, AnomalyLog()) as cap:
+        intact = [p for p in cap.packets() if p.frame <= 5]
+    assert stats.frames >= 5 and packets[: len(intact)] == intact
+    (damage,) = [a for a in log.kept if a.name == "corrupt_capture_file"]
+    assert damage.frame == stats.frames + 1
+    assert "gzip data damaged at compressed byte" in damage.detail
+
+
+def _stored_gzip(data: bytes) -> bytes:
+    """gzip at level 0: the data stored as is, so a test can damage a chosen byte of it."""
+    return gzip.compress(data, compresslevel=0, mtime=0)
+
+
+def test_gzip_damage_found_at_the_end_keeps_every_record(tmp_path: Path) -> None:
+    frames = [ethernet(ipv4(tcp(REQUEST, seq=i))) for i in range(50)]
+    packed = bytearray(_stored_gzip(pcap(frames)))
+    packed[-12] ^= 0x01  # inside the last record: only the CRC check at the end notices
+    packets, stats, log = run(bytes(packed), tmp_path)
+    assert len(packets) == stats.frames == 50
+    (damage,) = log.kept
+    assert (damage.name, damage.frame) == ("corrupt_capture_file", 51)
+    assert "incorrect data check" in damage.detail and "reading stopped" in damage.detail
+
+
+def test_gzip_damaged_in_the_middle_keeps_the_records_before(tmp_path: Path) -> None:
+    frames = [ethernet(ipv4(tcp(REQUEST, seq=i))) for i in range(3000)]
+    packed = bytearray(gzip.compress(pcap(frames), mtime=0))
+    packed[len(packed) // 2 :] = b"\xff" * (len(packed) - len(packed) // 2)  # garbage from the middle on
+    packets, stats, log = run(bytes(packed), tmp_path)
+    assert 1000 < len(packets) < 3000
+    assert [p.seq for p in packets] == list(range(len(packets)))
+    # zlib notices the damage a little after it began: a frame of garbage before it may be
+    # skipped with an anomaly of its own
+    (damage,) = [a for a in log.kept if a.name in ("corrupt_capture_file", "truncated_capture_file")]
+    assert damage.frame == stats.frames + 1
+
+
+def test_gzip_members_and_zero_padding_read_as_gzip_does(tmp_path: Path) -> None:
+    data = pcap([ethernet(ipv4(tcp(REQUEST, seq=i))) for i in range(10)])
+    packed = gzip.compress(data[:500]) + gzip.compress(data[500:]) + b"\x00" * 64
+    packets, stats, log = run(packed, tmp_path)
+    assert (len(packets), stats.format, log.counts) == (10, "pcap+gzip", Counter())
+
+
+def test_gzip_with_nothing_readable_is_refused(tmp_path: Path) -> None:
+    packed = bytearray(_stored_gzip(pcap([])))
+    packed[10] ^= 0xFF  # the stored block's header
+    path = tmp_path / "input.pcap.gz"
+    path.write_bytes(bytes(packed))
+    assert "cannot read" in open_error(path)
+
+
+def test_pcapng_times_out_of_the_calendar_are_kept_and_noted(tmp_path: Path) -> None:
+    frame = ethernet(ipv4(tcp(REQUEST)))
+    data = pcapng(shb(), idb(), epb(0, T0_NS // US, frame), epb(0, 1 << 62, frame))
+    packets, stats, log = run(data, tmp_path)
+    assert len(packets) == 2 and packets[1].ts_ns == (1 << 62) * US
+    (odd,) = log.kept
+    assert (odd.name, odd.frame) == ("time_out_of_range", 2)
+
+
+def test_time_going_backwards_by_more_than_a_second_is_noted(tmp_path: Path) -> None:
+    frames = [ethernet(ipv4(tcp(REQUEST, seq=i))) for i in range(4)]
+    times = [T0_NS, T0_NS + 5 * MS, T0_NS + 4 * MS, T0_NS - 3 * 3600 * 10**9]  # jitter, then hours back
+    packets, stats, log = run(pcap(list(zip(times, frames))), tmp_path)
+    assert len(packets) == 4
+    (back,) = log.kept
+    assert (back.name, back.frame) == ("time_went_backwards", 4)
+    assert back.detail.startswith("10800.004 s before frame 3")
+
+
 # --- the Zeek peer traces -------------------------------------------------------
 
 
