@@ -48,17 +48,19 @@ refused is ``target_connect_refused`` only. Each target-side finding is one
 connection *attempt*: proxies that retry a failed connect on a new connection
 (HAProxy ``retries``, nginx ``proxy_next_upstream``) give several attempts per
 client request; the ALB does not retry connects. The client's 502/504 for it,
-seen on the client side, is the caller's to fold in (``explains``).
+seen on the client side, is the caller's to fold in
+(``ConnectReport.explaining``).
 
 Roles come from the caller: ``side`` "client" (client -> proxy), "target"
 (proxy -> target) or None. Unknown-side attempts are resolved by
-``findings(side_of=...)`` when the caller knows the roles by then, else from
+``findings(side_of=...)``/``report(side_of=...)`` when the caller knows the roles by then, else from
 what the capture showed: an opener that also *accepted* connections is a
 proxy, so its connection is a target connection; an acceptor that also
 *opened* connections is a proxy, so the connection is a client connection, and
 so is one to a port such a proxy listens on (another address of the proxy,
-which may never answer, so never show as a proxy itself); otherwise the attempt is counted as ``unattributed`` and not reported (a plain
-client/server capture has no proxy to answer 502).
+which may never answer, so never show as a proxy itself); otherwise the
+attempt is counted as ``unattributed`` and not reported (a plain client/server
+capture has no proxy to answer 502).
 
 Memory is bounded: counters per (side, opener host, acceptor endpoint) up to
 ``MAX_KEYS`` (later keys are counted in ``untracked``), at most
@@ -72,7 +74,7 @@ Times are ns inside, as everywhere in the pipeline.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, NamedTuple
 
 from .detect import Evidence, Finding
@@ -87,6 +89,10 @@ RETRY_SLACK_NS = 2 * SEC
 """The next SYN retransmission is due about the span so far + the initial RTO (1 s on Linux) later."""
 ALB_CONNECT_TIMEOUT_NS = 10 * SEC
 """The ALB's target connect timeout: it answers 504 this long after its first SYN."""
+EXPLAIN_SLACK_NS = SEC
+"""A client-side 502 this close to a refusing RST is that refusal's answer."""
+EXPLAIN_TIMEOUT_NS = 75 * SEC
+"""A client-side 504 up to this long after an unanswered first SYN may be its answer (nginx: 60 s)."""
 
 MAX_KEYS = 20_000
 MAX_ATTEMPTS = 1_000
@@ -235,6 +241,42 @@ class ConnectReport:
     """Connection attempts not counted because ``MAX_KEYS`` endpoints were already tracked."""
     dropped_attempts: int = 0
     """Failed attempts counted but not kept for findings (beyond ``MAX_ATTEMPTS``)."""
+    _claimed: set[int] = field(default_factory=set, compare=False, repr=False)
+
+    def explaining(self, ts_ns: int, status: int | None, back_hosts: tuple[str, ...] = ()) -> Finding | None:
+        """The target connect failure behind a proxy-made error seen on the client side, claimed once.
+
+        For a client-side 502 (or silent close, ``status`` None) or 504 that was not
+        paired with a target exchange: a ``target_connect_refused`` whose RST came at
+        most ``EXPLAIN_SLACK_NS`` before it (the proxy answers as the RST arrives), or a
+        ``target_connect_timeout`` whose first SYN came before it and that the proxy
+        gave up on at most ``EXPLAIN_TIMEOUT_NS`` later. ``back_hosts``: the proxy's
+        back addresses, when known, to keep to its own attempts. The closest unclaimed
+        one wins; the caller drops its client-side finding and may set the connect
+        finding's ``client_flow`` (``dataclasses.replace``): one event, one finding.
+        """
+        best: tuple[int, int] | None = None
+        for i, f in enumerate(self.findings):
+            if i in self._claimed or f.side != "target":
+                continue
+            if back_hosts and (f.target_flow or "").rpartition("->")[0].rpartition(":")[0].strip("[]") \
+                    not in back_hosts:
+                continue
+            if f.kind == "target_connect_refused" and status in (502, 503, None):
+                lag = ts_ns - f.ts_ns
+                ok = -EXPLAIN_SLACK_NS <= lag <= EXPLAIN_SLACK_NS
+            elif f.kind == "target_connect_timeout" and status in (504, 502, 503, None):
+                first = f.evidence[0].ts_ns
+                lag = ts_ns - f.ts_ns
+                ok = first <= ts_ns <= first + EXPLAIN_TIMEOUT_NS
+            else:
+                continue
+            if ok and (best is None or abs(lag) < best[0]):
+                best = (abs(lag), i)
+        if best is None:
+            return None
+        self._claimed.add(best[1])
+        return self.findings[best[1]]
 
 
 SideOf = Callable[[str, str], "str | None"]
@@ -530,7 +572,8 @@ def _client_findings(by_address: dict[tuple[str, bytes, int], _Tally], addresses
             continue  # nothing answers: the whole proxy unreachable, or a one-way capture; not this case
         counts = addresses[key]
         siblings.sort(key=lambda ks: -ks[1].answered)
-        sib_text = ", ".join(f"{format_endpoint(k[1], k[2])} answered {s.answered}" for k, s in siblings[:MAX_PEERS_SHOWN])
+        sib_text = ", ".join(f"{format_endpoint(k[1], k[2])} answered {s.answered}"
+                             for k, s in siblings[:MAX_PEERS_SHOWN])
         clients = _per_peer(counts, "per client:")
         flow, frame, first_ns = t.first_failure or (None, None, 0)
         evidence = [Evidence(frame, first_ns, f"first unanswered SYN to {counts.address} ({flow})", "client")]

@@ -8,7 +8,6 @@ whole pcap files with tests/capture_builders.py and run the pipeline over them.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import shutil
 import subprocess
 
@@ -538,3 +537,26 @@ def only_finding(report: connect.ConnectReport, kind: str):
 
 def only_address(report: connect.ConnectReport, address: str):
     return next(a for a in report.addresses if a.address == address)
+
+
+# -- one event, one finding: the client's side of a connect failure -----------------------------
+
+
+def test_a_client_side_502_is_explained_by_the_refusal_once():
+    report = collect(Wire().refused(PROXY_BACK, 50000, TARGET_A, 8080, at=1.0).tracked(), side="target")
+    refused = report.findings[0]
+    assert report.explaining(refused.ts_ns + 2_000_000, 502) is refused
+    assert report.explaining(refused.ts_ns + 2_000_000, 502) is None  # claimed: one front error per refusal
+    again = collect(Wire().refused(PROXY_BACK, 50000, TARGET_A, 8080, at=1.0).tracked(), side="target")
+    assert again.explaining(refused.ts_ns + 5 * SEC, 502) is None  # too late to be its answer
+    assert again.explaining(refused.ts_ns, 504) is None  # a refusal is not a 504
+    assert again.explaining(refused.ts_ns, 502, back_hosts=("10.9.9.9",)) is None  # another proxy's
+    assert again.explaining(refused.ts_ns, 502, back_hosts=(PROXY_BACK,)) == refused
+
+
+def test_a_client_side_504_is_explained_by_the_connect_timeout():
+    report = collect(Wire().unanswered(PROXY_BACK, 50000, TARGET_B, 8080, at=1.0, retries=(1, 3, 7))
+                     .answered(CLIENT_1, 40000, NODE_A, 80, at=20.0).tracked(), side="target")
+    timeout = only_finding(report, "target_connect_timeout")
+    assert report.explaining(T0 + round(0.5 * SEC), 504) is None  # before the first SYN
+    assert report.explaining(T0 + 11 * SEC + 1000, 504) is timeout
