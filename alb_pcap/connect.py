@@ -65,8 +65,9 @@ capture has no proxy to answer 502).
 Memory is bounded: counters per (side, opener host, acceptor endpoint) up to
 ``MAX_KEYS`` (later keys are counted in ``untracked``), at most
 ``MAX_ATTEMPTS`` failed attempts kept for findings (the rest counted), at most
-``MAX_PENDING`` undecided ones held, ``MAX_EXAMPLES`` example frames per
-address, ``MAX_HOSTS`` hosts remembered for role guessing.
+``MAX_PENDING`` undecided ones held, two example frames per address (the
+first failure, one answered SYN), ``MAX_HOSTS`` hosts remembered for role
+guessing.
 
 Times are ns inside, as everywhere in the pipeline.
 """
@@ -97,7 +98,6 @@ EXPLAIN_TIMEOUT_NS = 75 * SEC
 MAX_KEYS = 20_000
 MAX_ATTEMPTS = 1_000
 MAX_PENDING = 10_000
-MAX_EXAMPLES = 5
 MAX_HOSTS = 65_536
 MAX_PEERS_SHOWN = 8
 
