@@ -320,6 +320,8 @@ class Roles:
         self.paired: dict[int, int] = {}
         self.xff_openers: set[str] = set()  # back-side-only evidence
         self.awselb: set[str] = set()  # front-side-only evidence
+        self.version = 0
+        """Goes up when an address gets a role: what was filed before may be on the wrong side."""
 
     def side(self, ref: ExchangeRef) -> str:
         """"front" (client -> proxy) or "back" (proxy -> target)."""
@@ -348,6 +350,8 @@ class Roles:
 
     def assign(self, listener: str, back_ip: str, target: str) -> int:
         keys = (f"ep:{listener}", f"ip:{back_ip}")
+        if any(k not in self.proxy_of for k in keys):
+            self.version += 1
         numbers = {self.proxy_of[k] for k in keys if k in self.proxy_of}
         number = min(numbers, default=len(self.paired) + len(self.proxy_of) + 1)
         for key, n in list(self.proxy_of.items()):  # one proxy seen from two sides: merge
@@ -416,7 +420,9 @@ class RoleFinder:
     time, the one that encloses the other is the client side. A proxy whose
     back address is its listener's host, or that passes an id-shaped header
     value on unchanged, is taken at the first sighting; one with a second
-    address (an ALB node, the lab) after ``VOTES`` of them.
+    address (an ALB node, the lab) when it forwarded within ``TIGHT_LAG_NS``
+    or after ``VOTES`` sightings. A sighting that contradicts roles already
+    known counts for nothing.
     Nothing here depends on a header name: roles come before pairing, so the
     correlator puts each exchange on the right side from the start.
     """
@@ -426,6 +432,8 @@ class RoleFinder:
     SAME_HOST_LAG_NS = SEC
     """How long after the client's request a proxy on the same host may forward it (it may wait to connect)."""
     OTHER_HOST_LAG_NS = SEC // 10
+    TIGHT_LAG_NS = SEC // 50
+    """Forwarded this soon after the client's request ended: one sighting is enough."""
 
     def __init__(self, roles: Roles) -> None:
         self.roles = roles
@@ -469,14 +477,16 @@ class RoleFinder:
 
     def _vote(self, outer: ExchangeRef, inner: ExchangeRef) -> None:
         listener, back_ip = outer.acceptor, host_of(inner.opener)
-        if self.roles.conn_side(inner.opener, inner.acceptor) == "back" and \
-                self.roles.conn_side(outer.opener, outer.acceptor) == "front":
-            return  # known already
+        inner_side = self.roles.conn_side(inner.opener, inner.acceptor)
+        outer_side = self.roles.conn_side(outer.opener, outer.acceptor)
+        if inner_side == "front" or outer_side == "back" or (inner_side, outer_side) == ("back", "front"):
+            return  # contradicts what is known, or adds nothing
         votes = self._votes.get((listener, back_ip), 0) + 1
         if len(self._votes) < 4096 or (listener, back_ip) in self._votes:
             self._votes[(listener, back_ip)] = votes
         shared_id = bool({v for _, v in outer.request_ids} & {v for _, v in inner.request_ids})
-        if host_of(listener) == back_ip or shared_id or votes >= self.VOTES:
+        tight = inner.request_start_ns - (outer.request_end_ns or outer.request_start_ns) <= self.TIGHT_LAG_NS
+        if host_of(listener) == back_ip or shared_id or tight or votes >= self.VOTES:
             self.roles.assign(listener, back_ip, inner.acceptor)
 
 
@@ -577,6 +587,18 @@ class Correlator:
         else:
             self._add_back(ref)
         return side
+
+    def refile(self) -> None:
+        """Roles were learnt: move exchanges filed as client-side that are now known to be target-side."""
+        misfiled = [tx for key, tx in self._where.items()
+                    if tx is not None and not tx.done and not tx.backs and tx.front.key == key
+                    and self.roles.conn_side(tx.front.opener, tx.front.acceptor) == "back"]
+        for tx in misfiled:
+            tx.done = True  # its index entries die with it
+            if self._settling.get(tx.front.conn_id) is tx:
+                del self._settling[tx.front.conn_id]
+            del self._where[tx.front.key]
+            self._add_back(tx.front)
 
     def release(self, conn_id: int) -> None:
         """A client connection closed: its last healthy transaction can no longer be cut."""
@@ -715,7 +737,8 @@ class Correlator:
 
     def _expire(self, item: object) -> None:
         if isinstance(item, _Tx):
-            self._close(item)
+            if not item.done:  # else refiled to the other side
+                self._close(item)
         elif (back := self._unclaimed.pop(item, None)) is not None:  # a back nobody claimed
             self._close(_Tx(None, [back]))
 

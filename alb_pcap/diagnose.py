@@ -100,6 +100,7 @@ class Diagnosis:
         self.correlator = Correlator(self.roles)
         self.finder = RoleFinder(self.roles)
         self._ahead: deque[tuple[int, ExchangeRef | Connection]] = deque()
+        self._clock = 0
         self.keep_per_kind = keep_per_kind
         self.timers = TimerBook()
         self._open: dict[int, _Activity] = {}
@@ -112,23 +113,32 @@ class Diagnosis:
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
         ref = ref_of(exchange, flow)
+        known = self.roles.version
         self.finder.observe(ref)
-        self._ahead.append((ref.last_ns, ref))
-        self._catch_up(ref.last_ns)
+        if self.roles.version != known:
+            self.correlator.refile()
+        self._wait(ref.last_ns, ref)
 
     def connection(self, conn: Connection) -> None:
-        self._ahead.append((conn.end_ns, conn))
-        self._catch_up(conn.end_ns)
+        self._wait(conn.end_ns, conn)
 
-    def _catch_up(self, now_ns: int) -> None:
-        """Diagnose what is older than the look-ahead: the roles it needs have been seen by now."""
+    def _wait(self, ts_ns: int, item: ExchangeRef | Connection) -> None:
+        """Diagnose records a look-ahead after they arrive: the roles they need have been seen by then.
+
+        Arrival, not the record's own time: an exchange is reported when it ends, which for a
+        request cut by a close can be long after its last data.
+        """
+        self._clock = max(self._clock, ts_ns)
         ahead = self._ahead
-        while ahead and (ahead[0][0] < now_ns - LOOKAHEAD_NS or len(ahead) > MAX_LOOKAHEAD):
-            _, item = ahead.popleft()
-            if isinstance(item, Connection):
-                self._connection(item)
-            else:
-                self._exchange(item)
+        ahead.append((self._clock, item))
+        while ahead and (ahead[0][0] < self._clock - LOOKAHEAD_NS or len(ahead) > MAX_LOOKAHEAD):
+            self._diagnose(ahead.popleft()[1])
+
+    def _diagnose(self, item: ExchangeRef | Connection) -> None:
+        if isinstance(item, Connection):
+            self._connection(item)
+        else:
+            self._exchange(item)
 
     def _exchange(self, ref: ExchangeRef) -> None:
         side = self.correlator.add(ref)
@@ -158,7 +168,8 @@ class Diagnosis:
         self._advance(conn.end_ns)
 
     def finish(self) -> DiagnosisResult:
-        self._catch_up(max((ts for ts, _ in self._ahead), default=0) + LOOKAHEAD_NS + 1)
+        while self._ahead:
+            self._diagnose(self._ahead.popleft()[1])
         correlation = self.correlator.finish()
         timers = self.timers.renamed(self._subject)
         _observe_give_ups(correlation.transactions, timers)

@@ -211,3 +211,25 @@ def test_sample_front_and_back_files_read_together():
         pytest.skip("no lab captures")
     s = score(diagnose(front, back), expected(front))
     assert (s.precision, s.recall) == (1.0, 1.0)
+
+
+# -- the same lab runs as the proxies' default configuration would have sent them ---------------
+
+LAB_RUNS = sorted(p for p in SAMPLES.glob("*-*.pcap") if not p.name.startswith("alb-")
+                  and p.name.count(".") == 1 and (SAMPLES / f"{p.stem}.expected.json").exists())
+
+
+@pytest.mark.parametrize("variant", [
+    {"strip_forwarding": True},  # no X-Forwarded-*; the proxy's trace id reaches only the target
+    {"strip_forwarding": True, "strip_trace": True},  # nothing crosses but the request itself
+    {"strip_forwarding": False, "trace_name": b"X-Shop-Req"},  # a request id under a name of its own
+], ids=["no-forwarding", "no-headers", "renamed-id"])
+def test_lab_runs_without_forwarding_headers(tmp_path, variant):
+    """Roles and pairs from behaviour and content: the findings must not change (issue 7)."""
+    if not LAB_RUNS:
+        pytest.skip("no lab captures")
+    from .rewrite import rewrite
+    for path in LAB_RUNS:
+        s = score(diagnose(rewrite(path, tmp_path / path.name, **variant)), expected(path))
+        report(f"{path.name} {sorted(variant)}", s)
+        assert (s.precision, s.recall) == (1.0, 1.0), path.name
