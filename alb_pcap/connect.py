@@ -78,7 +78,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, NamedTuple
 
-from .detect import Evidence, Finding
+from .detect import CONNECT_KINDS, Evidence, Finding
 from .model import ORIG, RESP, Connection, format_addr, format_endpoint
 
 SEC = 1_000_000_000
@@ -101,7 +101,7 @@ MAX_PENDING = 10_000
 MAX_HOSTS = 65_536
 MAX_PEERS_SHOWN = 8
 
-KINDS = ("target_connect_refused", "target_connect_timeout", "client_connect_timeout")
+KINDS = CONNECT_KINDS
 
 ANSWERED, REFUSED, UNANSWERED = "answered", "refused", "unanswered"
 

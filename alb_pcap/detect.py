@@ -36,10 +36,12 @@ MIN_IDLE_NS = 500_000_000
 RACE_SLACK_NS = 300_000_000
 """A target FIN this soon after a request on an idle connection was its keep-alive timer, not the request."""
 
+CONNECT_KINDS = ("target_connect_refused", "target_connect_timeout", "client_connect_timeout")
+"""Failed connects (``connect.py``)."""
 KINDS = (
     "idle_timeout_close", "target_keepalive_close", "keepalive_race", "target_reset",
     "gateway_timeout", "client_abort", "client_keepalive_expiry", "tcp_keepalive_ignored",
-)
+) + CONNECT_KINDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .correlate import (
@@ -41,6 +41,7 @@ from .correlate import (
     split_flow,
 )
 from .detect import (
+    CONNECT_KINDS,
     CONNECTION_DETECTORS,
     KINDS,
     MIN_IDLE_NS,
@@ -51,6 +52,7 @@ from .detect import (
     TimerBook,
     gave_up_after,
 )
+from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
 
 
@@ -67,6 +69,8 @@ class DiagnosisResult:
     counts: Counts
     connections: tuple[Connection, ...] = ()
     """The connections of kept findings and failing exchanges, for their timelines."""
+    connect_failures: tuple[AddressCounts, ...] = ()
+    """Per address: connection attempts refused or unanswered."""
 
     def connection(self, flow: str | None) -> Connection | None:
         return next((c for c in self.connections if c.flow == flow), None)
@@ -84,6 +88,7 @@ class _Activity:
         self.side = "front"
 
 
+_SIDE = {"front": "client", "back": "target"}
 MAX_FAILING_PER_CONN = 8
 MAX_KEPT_CONNECTIONS = 2000
 LOOKAHEAD_NS = SEC
@@ -99,6 +104,7 @@ class Diagnosis:
         self.roles = Roles(tuple(proxies), tuple(listeners))
         self.correlator = Correlator(self.roles)
         self.finder = RoleFinder(self.roles)
+        self.connects = ConnectFailures(keep_per_kind=keep_per_kind)
         self._ahead: deque[tuple[int, ExchangeRef | Connection]] = deque()
         self._clock = 0
         self.keep_per_kind = keep_per_kind
@@ -154,6 +160,16 @@ class Diagnosis:
 
     def _connection(self, conn: Connection) -> None:
         act = self._open.pop(conn.id, None) or _Activity()
+        opener, acceptor = split_flow(conn.flow)
+        known = self.roles.conn_side(opener, acceptor) or (act.side if act.last else None)
+        self.connects.add(conn, _SIDE.get(known))
+        if attempt_outcome(conn) in ("refused", "unanswered"):
+            # a failed connect is its own finding: no idle or keep-alive close, no timer
+            self.correlator.release(conn.id)
+            if len(self._conns) < MAX_KEPT_CONNECTIONS:
+                self._conns.append(conn)
+            self._advance(conn.end_ns)
+            return
         side = self._conn_side(conn, act)
         outstanding = self._cut(conn, act)
         self.correlator.release(conn.id)
@@ -174,15 +190,26 @@ class Diagnosis:
         timers = self.timers.renamed(self._subject)
         _observe_give_ups(correlation.transactions, timers)
         tx_findings = [f for tx in correlation.transactions for f in _detect(tx, timers)]
-        for f in tx_findings:
-            self._add(f)
+        connect = self.connects.report(
+            capture_end_ns=self._now,
+            side_of=lambda o, a: _SIDE.get(self.roles.conn_side(o, a)),
+            group_of=lambda ep: self.roles.proxy_of.get(f"ep:{ep}"))
+        client_of: dict[int, str | None] = {}
+        for f in tx_findings:  # a client-side 502/504 that a refused or unanswered connect explains: one finding
+            cause = connect.explaining(f.ts_ns, f.status) if f.target_flow is None and f.side == "target" else None
+            if cause is None:
+                self._add(f)
+            else:
+                client_of[id(cause)] = f.client_flow
+        for f in connect.findings:
+            self._add(replace(f, client_flow=client_of.get(id(f), f.client_flow)))
         _observe_transactions(tx_findings, correlation.transactions, timers)
         findings = tuple(sorted(self._findings, key=lambda f: f.ts_ns))
         return DiagnosisResult(
             proxies=correlation.proxies, transactions=correlation.transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
             verdict=verdict(timers, self._kinds, correlation, self.roles), counts=correlation.counts,
-            connections=tuple(self._conns),
+            connections=tuple(self._conns), connect_failures=connect.addresses,
         )
 
     # -- connections ---------------------------------------------------------------
@@ -284,7 +311,7 @@ def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...],
 
 def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, roles: Roles) -> tuple[str, ...]:
     lines = _alignment_lines(timers, roles, kinds["keepalive_race"]) + _kind_lines(kinds, timers)
-    if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort")):
+    if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + CONNECT_KINDS):
         c = correlation.counts
         lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
                      "client <-> target)")
@@ -335,6 +362,9 @@ _KIND_LINES = {
     "client_keepalive_expiry": "{n} client connection(s) were closed at their maximum age with Connection: "
                                "close{timer}",
     "idle_timeout_close": "{n} idle connection(s) were closed by the proxy{timer}",
+    "target_connect_refused": "{n} connection attempt(s) to targets were refused (RST to the SYN): 502",
+    "target_connect_timeout": "{n} connection attempt(s) to targets went unanswered: 504",
+    "client_connect_timeout": "{n} proxy address(es) left clients' SYNs unanswered while others answered",
 }
 _KIND_TIMER = {
     "gateway_timeout": ("proxy_response_timeout", "; the proxy gives up after {s:.1f} s"),
@@ -410,6 +440,7 @@ def result_dict(r: DiagnosisResult) -> dict:
         "findings": [finding_dict(f) for f in r.findings],
         "finding_counts": dict(r.finding_counts),
         "transactions": [transaction_dict(tx) for tx in r.transactions],
+        "connect_failures": [address_counts_dict(a) for a in r.connect_failures],
         "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),
                                "healthy_not_kept": c.healthy_dropped, "unpaired_client": c.unpaired_front,
                                "unpaired_target": c.unpaired_back, "retried": c.retried},

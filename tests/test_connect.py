@@ -560,3 +560,21 @@ def test_a_client_side_504_is_explained_by_the_connect_timeout():
     timeout = only_finding(report, "target_connect_timeout")
     assert report.explaining(T0 + round(0.5 * SEC), 504) is None  # before the first SYN
     assert report.explaining(T0 + 11 * SEC + 1000, 504) is timeout
+
+
+def test_diagnosis_reports_each_failed_connect_once_and_nothing_else(tmp_path):
+    from alb_pcap import pipeline
+    from alb_pcap.diagnose import Diagnosis, result_dict
+
+    path = tmp_path / "connect.pcap"
+    path.write_bytes(incident().pcap_bytes())
+    sink = Diagnosis(proxies=(PROXY_BACK,), listeners=(80,))
+    pipeline.analyze([str(path)], [sink])
+    result = sink.finish()
+    # no idle close, keep-alive close or timer from the attempts that never got a handshake
+    assert sorted(f.kind for f in result.findings) == [
+        "client_connect_timeout", "target_connect_refused", "target_connect_timeout"]
+    assert result.timers == ()
+    exported = {a["address"]: a for a in result_dict(result)["connect_failures"]}
+    assert exported[f"{TARGET_A}:8080"]["refused"] == 1 and exported[f"{TARGET_B}:8080"]["timed_out"] == 1
+    assert exported[f"{NODE_B}:80"]["failures_by_peer"] == {CLIENT_1: 1, CLIENT_2: 1}
