@@ -17,9 +17,43 @@ from .diagnose import Diagnosis, DiagnosisResult, narrow, result_dict, score
 from .model import CaptureError
 
 PROGRESS_MIN_BYTES = 20_000_000  # smaller captures finish before a progress bar is worth drawing
+INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
+DEBUG_ENV = "ALB_PCAP_DEBUG"  # set to 1 to get the traceback of an internal error
 
 
-@click.group()
+class _Guarded(click.Group):
+    """The last resort: a bug met on some capture is one line and a non-zero exit, never a traceback.
+
+    ``ALB_PCAP_DEBUG=1`` lets the exception through, traceback and all, for developers.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            click.echo(f"Error: {internal_error_line(exc)}", err=True)
+            ctx.exit(INTERNAL_ERROR_EXIT)
+
+
+def internal_error_line(exc: Exception) -> str:
+    """``internal error at frame N (FILE): KeyError: 1 (...)``, on one line whatever the message."""
+    where = ""
+    if isinstance(exc, pipeline.AnalysisError):
+        where = f" at frame {exc.frame}" if exc.frame else " at the end of the capture"
+        if exc.capture:
+            where += f" ({exc.capture})"
+        exc = exc.error
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"internal error{where}: {text} (a bug in alb-pcap: {DEBUG_ENV}=1 shows the traceback)"
+
+
+@click.group(cls=_Guarded)
 @click.version_option(__version__, prog_name="alb-pcap")
 def cli() -> None:
     """Explain load-balancer 502/504/460 errors from packet captures."""

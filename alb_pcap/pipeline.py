@@ -21,6 +21,20 @@ from .model import AnomalyLog, CaptureStats, Connection, Exchange, Packet
 from .tcp import TcpTracker
 
 
+class AnalysisError(Exception):
+    """A bug met while analysing: the exception from the stages, and the frame being handled.
+
+    ``frame`` is the frame number in its capture file (None when no packet was being handled:
+    at the end of the capture); ``capture`` is that file, when only one was given.
+    """
+
+    def __init__(self, error: Exception, frame: int | None, capture: str | None) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+        self.frame = frame
+        self.capture = capture
+
+
 class Sink(Protocol):
     def connection(self, conn: Connection) -> None: ...
     def exchange(self, exchange: Exchange, flow: str) -> None: ...
@@ -144,16 +158,24 @@ def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
         stage = _HttpStage(list(sinks), summary)
         tracker = TcpTracker(stage, summary.anomalies)
         count = 0
-        for pkt in _merged([c.packets() for c in captures], summary):
-            tracker.feed(pkt)
-            count += 1
-            if not count & 0xFFFF:
-                summary.peak_open_connections = max(summary.peak_open_connections,
-                                                    tracker.open_connections)
-                if progress:
-                    progress(count)
-        summary.peak_open_connections = max(summary.peak_open_connections, tracker.open_connections)
-        tracker.finish()
+        pkt, reading = None, True
+        try:
+            for pkt in _merged([c.packets() for c in captures], summary):
+                tracker.feed(pkt)
+                count += 1
+                if not count & 0xFFFF:
+                    summary.peak_open_connections = max(summary.peak_open_connections,
+                                                        tracker.open_connections)
+                    if progress:
+                        progress(count)
+            pkt, reading = None, False
+            summary.peak_open_connections = max(summary.peak_open_connections, tracker.open_connections)
+            tracker.finish()
+        except Exception as exc:  # a bug: say where, for the one-line report and a reproducer
+            if len(captures) == 1:  # the frame being read, in the capture stage or after it
+                frame = None if reading is False else captures[0].stats.frames
+                raise AnalysisError(exc, frame, captures[0].stats.path) from exc
+            raise AnalysisError(exc, None if pkt is None else pkt.frame, None) from exc
     finally:
         gc.set_threshold(*thresholds)
         for c in captures:

@@ -216,7 +216,8 @@ class TcpTracker:
             conn, direction = self._open(pkt)
         else:
             conn, direction = found
-        conn.last_ns = pkt.ts_ns
+        if pkt.ts_ns > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
+            conn.last_ns = pkt.ts_ns  # must not make a duration negative
         self._segment(conn, direction, pkt)
         if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
             # both FINs acknowledged: nothing more is due, so release it now rather than after

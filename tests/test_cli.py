@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -105,3 +109,173 @@ def test_the_same_packets_in_two_captures_count_once(tmp_path):
     strip = lambda doc: [(e["flow"], e["method"], e["status"], e["ended"]) for e in doc["exchanges"]]
     assert strip(both) == strip(one)
     assert [f["kind"] for f in both["findings"]] == [f["kind"] for f in one["findings"]]
+
+
+# -- damaged and hostile captures (issue 10) ---------------------------------------------
+
+CRASHERS = sorted((Path(__file__).parent / "data" / "crashers").glob("*.pcap*"))
+MODES = {"terminal": (), "json-file": ("--json", "{out}"), "json-stdout": ("--json", "-")}
+
+
+def _analyze(path, mode, tmp_path):
+    out = tmp_path / "out.json"
+    result = invoke("analyze", path, *(a.format(out=out) for a in MODES[mode]))
+    doc = None
+    if mode == "json-file" and out.exists():
+        doc = json.loads(out.read_text())
+    elif mode == "json-stdout" and result.exit_code == 0:
+        doc = json.loads(result.stdout)
+    return result, doc
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", CRASHERS, ids=[p.name for p in CRASHERS])
+def test_every_reproducer_is_analysed_without_a_traceback(path, mode, tmp_path):
+    result, doc = _analyze(path, mode, tmp_path)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    if doc is not None:
+        (cap,) = doc["captures"]
+        counts = cap["counts"]
+        assert cap["frames"] == counts["decoded"] + counts["duplicate"] + sum(counts["skipped"].values())
+        assert all(c["duration"] >= 0 for c in doc["connections"])
+
+
+def test_reproducers_are_all_here():
+    assert len(CRASHERS) == 5
+
+
+def test_gzip_damaged_early_gives_its_records_and_the_damage(tmp_path):
+    path = Path(__file__).parent / "data" / "crashers" / "gzip-damaged-early-5-records-readable.pcap.gz"
+    _, doc = _analyze(path, "json-stdout", tmp_path)
+    (cap,) = doc["captures"]
+    assert cap["format"] == "pcap+gzip" and cap["frames"] >= 5
+    (damage,) = [a for a in doc["anomalies"] if a["name"] == "corrupt_capture_file"]
+    assert damage["frame"] == cap["frames"] + 1 and "gzip data damaged" in damage["detail"]
+    result, _ = _analyze(path, "terminal", tmp_path)
+    assert "corrupt_capture_file" in result.output
+
+
+@pytest.mark.parametrize("path", [p for p in CRASHERS if p.suffix == ".pcapng"], ids=lambda p: p.name)
+def test_times_out_of_the_calendar_are_printed_and_noted(path, tmp_path):
+    _, doc = _analyze(path, "json-stdout", tmp_path)
+    assert any(a["name"] == "time_out_of_range" and a["frame"] == 1 for a in doc["anomalies"])
+    result, _ = _analyze(path, "terminal", tmp_path)
+    if doc["findings"]:
+        assert "s since the epoch (out of the calendar's range)" in " ".join(result.output.split())
+
+
+def test_records_out_of_order_close_each_connection_once(tmp_path):
+    path = Path(__file__).parent / "data" / "crashers" / "records-out-of-order-close-twice.pcap"
+    _, doc = _analyze(path, "json-stdout", tmp_path)
+    ids = [c["id"] for c in doc["connections"]]
+    assert len(ids) == len(set(ids)) == doc["summary"]["connections"] == 3
+
+
+def test_a_gzip_with_nothing_readable_is_a_one_line_error(tmp_path):
+    path = tmp_path / "capture.pcap.gz"
+    damaged = bytearray(gzip.compress(RACE.read_bytes(), compresslevel=0))
+    damaged[10] ^= 0xFF  # the first block's header: not one byte decompresses
+    path.write_bytes(bytes(damaged))
+    result = invoke("analyze", path)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: ") and "cannot read" in result.output
+
+
+# -- the last resort ---------------------------------------------------------------------
+
+
+def _boom_at_frame(monkeypatch, frame):
+    from alb_pcap import tcp
+
+    real = tcp.TcpTracker.feed
+
+    def feed(self, pkt):
+        if pkt.frame == frame:
+            raise RuntimeError("boom\nsecond line")
+        return real(self, pkt)
+
+    monkeypatch.setattr(tcp.TcpTracker, "feed", feed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_internal_error_is_one_line_with_its_frame(monkeypatch, tmp_path, mode):
+    monkeypatch.delenv("ALB_PCAP_DEBUG", raising=False)
+    _boom_at_frame(monkeypatch, 7)
+    result, _ = _analyze(RACE, mode, tmp_path)
+    assert result.exit_code == 70
+    assert isinstance(result.exception, SystemExit)
+    line = result.stderr
+    assert line.count("\n") == 1 and "Traceback" not in result.output
+    assert line.startswith(f"Error: internal error at frame 7 ({RACE}): RuntimeError: boom second line")
+    assert "ALB_PCAP_DEBUG=1" in line
+
+
+def test_an_internal_error_after_the_capture_is_one_line_too(monkeypatch):
+    from alb_pcap import report
+
+    monkeypatch.delenv("ALB_PCAP_DEBUG", raising=False)
+    monkeypatch.setattr(report, "diagnosis_view", lambda *a: {}["no such key"])
+    result = invoke("analyze", RACE)
+    assert result.exit_code == 70 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: internal error: KeyError: 'no such key'")
+
+
+def test_developers_get_the_traceback(monkeypatch):
+    monkeypatch.setenv("ALB_PCAP_DEBUG", "1")
+    _boom_at_frame(monkeypatch, 7)
+    result = invoke("analyze", RACE)
+    assert result.exit_code != 0
+    assert isinstance(result.exception.__cause__, RuntimeError)
+
+
+def test_the_last_resort_holds_in_a_real_process(tmp_path):
+    """No CliRunner: the installed entry point, with a capture that makes the HTTP stage fail."""
+    script = (
+        "import sys\n"
+        "from alb_pcap import http\n"
+        "def fail(*a, **k):\n"
+        "    raise ValueError('forced')\n"
+        "http.HttpConnection.data = fail\n"
+        "from alb_pcap.cli import cli\n"
+        "cli(['analyze', sys.argv[1]])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ALB_PCAP_DEBUG"}
+    done = subprocess.run([sys.executable, "-c", script, str(RACE)], capture_output=True, text=True, env=env)
+    assert done.returncode == 70
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert "internal error at frame" in done.stderr and "ValueError: forced" in done.stderr
+
+
+def test_time_going_back_by_hours_is_an_anomaly_and_no_duration_is_negative(tmp_path):
+    from alb_pcap.model import TH_ACK, TH_FIN, TH_PUSH, TH_SYN
+
+    from .capture_builders import T0_NS, ethernet, ipv4, pcap, tcp
+
+    def seg(c2s, seq, ack, flags, payload=b""):
+        ports = dict(sport=40000, dport=80) if c2s else dict(sport=80, dport=40000)
+        ends = dict(src="10.0.0.1", dst="10.0.0.2") if c2s else dict(src="10.0.0.2", dst="10.0.0.1")
+        return ethernet(ipv4(tcp(payload, seq=seq, ack=ack, flags=flags, **ports), **ends))
+
+    req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    frames = [
+        seg(True, 100, 0, TH_SYN), seg(False, 500, 101, TH_SYN | TH_ACK), seg(True, 101, 501, TH_ACK),
+        seg(True, 101, 501, TH_ACK | TH_PUSH, req), seg(False, 501, 101 + len(req), TH_ACK | TH_PUSH, resp),
+        seg(True, 101 + len(req), 501 + len(resp), TH_FIN | TH_ACK),
+        seg(False, 501 + len(resp), 102 + len(req), TH_FIN | TH_ACK),
+    ]
+    hours = 3 * 3600 * 10**9
+    times = [T0_NS + i * 1_000_000 for i in range(4)] + [T0_NS - hours + i * 1_000_000 for i in range(3)]
+    path = tmp_path / "clock-stepped-back.pcap"
+    path.write_bytes(pcap(list(zip(times, frames))))
+    _, doc = _analyze(path, "json-stdout", tmp_path)
+    (back,) = [a for a in doc["anomalies"] if a["name"] == "time_went_backwards"]
+    assert back["frame"] == 5 and back["detail"].startswith("10800.003 s before frame 4")
+    (conn,) = doc["connections"]
+    assert conn["duration"] >= 0 and conn["end"] >= conn["start"]
+    (ex,) = doc["exchanges"]
+    assert ex["status"] == 200
+    result, _ = _analyze(path, "terminal", tmp_path)
+    assert result.exit_code == 0 and "time_went_backwards" in result.output
