@@ -1,7 +1,7 @@
 """The capture lab: config rendering and log parsing (always), and real runs (marked `lab`).
 
-The `lab` tests build network namespaces, so they need root, `ip netns`, haproxy, nginx and tcpdump;
-without them they skip and say which is missing. They take about a minute.
+The `lab` tests build network namespaces, so they need root, `ip netns`, haproxy, nginx, apache2,
+caddy and tcpdump; without them they skip and say which is missing. They take about a minute.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from alb_pcap.lab import expected, netns, proxies, wire
 from alb_pcap.lab.cli import lab
+from alb_pcap.lab.runner import stem_of
 from alb_pcap.lab.scenarios import SCENARIOS, find
 
 SETUP = proxies.ProxySetup(
@@ -94,6 +95,168 @@ def test_nginx_accepts_the_configs(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
 
 
+NONE = proxies.ProxySetup(
+    listen="198.18.1.1:80", source_ip="198.18.2.1", targets=("198.18.3.11:8080", "198.18.3.12:8080"),
+    idle_timeout_s=2, headers="none",
+)
+FORWARDING_NAMES = ("forwardfor", "X-Forwarded", "X-Amzn-Trace-Id", "x_forwarded", "trace_id;")
+
+
+def test_haproxy_and_nginx_without_forwarding_headers(tmp_path: Path) -> None:
+    haproxy = proxies.haproxy_config(NONE)
+    nginx = proxies.nginx_proxy_config(NONE, tmp_path)
+    for cfg in (haproxy, nginx):
+        directives = "\n".join(line for line in cfg.splitlines() if not line.strip().startswith(("#", "log_format")))
+        assert not [n for n in FORWARDING_NAMES if n in directives], cfg
+    assert "unique-id-format" in haproxy and "trace_id=%ID" in haproxy  # still logged, never sent
+    assert "http-reuse always" in haproxy and 'proxy_set_header Connection "";' in nginx  # reuse kept
+    assert "proxy_set_header Host" not in nginx  # nginx's default Host: the upstream's name
+
+
+def test_apache_config_is_alb_like(tmp_path: Path) -> None:
+    cfg = proxies.apache_config(SETUP, tmp_path)
+    for line in ("ProxyTimeout 2", "KeepAliveTimeout 2", "ProxySourceAddress 198.18.2.1", "Listen 198.18.1.1:80",
+                 "BalancerMember http://198.18.3.12:8080 ttl=2 retry=0 keepalive=On", "ProxySet maxattempts=0",
+                 "ProxyAddHeaders On", "RequestHeader set X-Amzn-Trace-Id", "RequestHeader set X-Forwarded-Port \"80\"",
+                 "ServerLimit 1", f"CustomLog {tmp_path}/apache-access.log lab"):
+        assert line in cfg
+    none = proxies.apache_config(NONE, tmp_path)
+    assert "ProxyAddHeaders Off" in none and "RequestHeader" not in none and "maxattempts" not in none
+    with pytest.raises(ValueError, match="whole number"):
+        proxies.apache_config(proxies.ProxySetup("a:1", "b", ("c:2",), 2.5), tmp_path)
+
+
+def test_caddy_config_is_alb_like(tmp_path: Path) -> None:
+    cfg = json.loads(proxies.caddy_config(SETUP, tmp_path))
+    server = cfg["apps"]["http"]["servers"]["alb"]
+    [proxy] = server["routes"][0]["handle"]
+    assert server["listen"] == ["198.18.1.1:80"] and server["idle_timeout"] == "2000ms"
+    assert proxy["transport"]["response_header_timeout"] == "2000ms"
+    assert proxy["transport"]["keep_alive"] == {"enabled": True, "idle_timeout": "2000ms", "max_idle_conns_per_host": 16}
+    assert [u["dial"] for u in proxy["upstreams"]] == list(SETUP.targets)
+    assert proxy["headers"]["request"]["set"]["X-Amzn-Trace-Id"] == ["Root=1-{http.request.uuid}"]
+    none = json.loads(proxies.caddy_config(NONE, tmp_path))["apps"]["http"]["servers"]["alb"]["routes"][0]["handle"][0]
+    assert none["headers"]["request"] == {"delete": ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"]}
+
+
+@pytest.mark.skipif(shutil.which("apache2") is None, reason="apache2 not installed")
+def test_apache_accepts_the_configs(tmp_path: Path) -> None:
+    for setup in (SETUP, NONE):
+        (tmp_path / "a.conf").write_text(proxies.apache_config(setup, tmp_path))
+        result = subprocess.run(["apache2", "-t", "-f", str(tmp_path / "a.conf")], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy not installed")
+def test_caddy_accepts_the_configs(tmp_path: Path) -> None:
+    for setup in (SETUP, NONE):
+        (tmp_path / "c.json").write_text(proxies.caddy_config(setup, tmp_path))
+        result = subprocess.run(["caddy", "validate", "--config", str(tmp_path / "c.json")], capture_output=True,
+                                text=True, env=dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path)))
+        assert result.returncode == 0, result.stderr
+
+
+APACHE_LINE = (
+    '{"begin":1796322269.703,"end":1796322269.805,"client":"198.18.1.10:50739","frontend":"198.18.1.1:80",'
+    '"keepalive_requests":0,"request":"POST /ok HTTP/1.1","status":502,"duration_us":101888,"conn_status":"-",'
+    '"upstream":"http://198.18.3.11:8080","request_id":"axGz3V6mCEYPGx9IB8WuwQAAAAE","trace_id":"-"}'
+)
+CADDY_LINES = [
+    {"level": "debug", "ts": 1796322245.5564165, "logger": "http.handlers.reverse_proxy", "msg": "upstream roundtrip",
+     "upstream": "198.18.3.11:8080", "duration": 0.0012, "status": 200,
+     "request": {"remote_ip": "198.18.1.11", "remote_port": "37699", "method": "GET", "uri": "/ok"}},
+    {"level": "debug", "ts": 1796322247.0569558, "logger": "http.handlers.reverse_proxy", "msg": "upstream roundtrip",
+     "upstream": "198.18.3.11:8080", "duration": 2.0017, "error": "net/http: timeout awaiting response headers",
+     "request": {"remote_ip": "198.18.1.10", "remote_port": "59607", "method": "GET", "uri": "/sleep/4"}},
+    {"level": "error", "ts": 1796322247.0571322, "logger": "http.log.access", "msg": "handled request",
+     "request": {"remote_ip": "198.18.1.10", "remote_port": "59607", "proto": "HTTP/1.1", "method": "GET",
+                 "uri": "/sleep/4", "headers": {"User-Agent": ["x"]}}, "duration": 2.002020191, "status": 504},
+]
+
+
+def test_apache_log_gives_interval_and_target() -> None:
+    [record] = proxies.parse_apache_log(APACHE_LINE + "\n")
+    assert record["status"] == 502 and record["upstream"] == "198.18.3.11:8080" and record["trace_id"] is None
+    assert record["request_ts"] == pytest.approx(1796322269.703)
+    assert record["end_ts"] == pytest.approx(1796322269.804888)
+
+
+def test_caddy_log_joins_attempts_to_the_access_line() -> None:
+    [record] = proxies.parse_caddy_log("\n".join(json.dumps(line) for line in CADDY_LINES) + "\n")
+    assert (record["client"], record["status"], record["upstream"]) == ("198.18.1.10:59607", 504, "198.18.3.11:8080")
+    assert record["request"] == "GET /sleep/4 HTTP/1.1"
+    assert record["request_ts"] == pytest.approx(1796322245.055112, abs=1e-6)
+    [attempt] = record["attempts"]  # the /ok roundtrip of another client is not this request's
+    assert attempt["error"].startswith("net/http: timeout")
+
+
+def _record(client: str, method_path: str, start: float, end: float, target: str = "198.18.3.11:8080") -> dict:
+    record = {"client": client, "request": f"{method_path} HTTP/1.1", "request_ts": start, "end_ts": end,
+              "upstream_addr": target, "status": 200}
+    expected._normalise("nginx", record)
+    return record
+
+
+def _target_request(peer: str, method_path: str, ts: float) -> dict:
+    method, path = method_path.split()
+    return {"ts": ts, "event": "request", "peer": peer, "local": "198.18.3.11:8080", "method": method, "path": path}
+
+
+def test_time_join_links_unique_requests_and_refuses_ambiguous_ones(tmp_path: Path) -> None:
+    records = [
+        _record("198.18.1.10:1000", "GET /sleep/4", 10.0, 12.0),
+        _record("198.18.1.11:1001", "GET /ok", 10.5, 10.502),
+        # two identical concurrent requests: either target request could be either's
+        _record("198.18.1.12:1002", "GET /ok", 20.0, 20.010),
+        _record("198.18.1.13:1003", "GET /ok", 20.001, 20.011),
+        # two identical requests one after the other: time order decides
+        _record("198.18.1.12:1004", "POST /ok", 30.0, 30.010),
+        _record("198.18.1.13:1005", "POST /ok", 30.005, 30.020),
+    ]
+    target = [
+        _target_request("198.18.2.1:5000", "GET /sleep/4", 10.001),
+        _target_request("198.18.2.1:5001", "GET /ok", 10.501),
+        _target_request("198.18.2.1:5002", "GET /ok", 20.005),
+        _target_request("198.18.2.1:5003", "GET /ok", 20.006),
+        _target_request("198.18.2.1:5002", "POST /ok", 30.001),
+        _target_request("198.18.2.1:5003", "POST /ok", 30.015),
+    ]
+    links, ambiguous, ambiguous_events = expected.link(records, target, "nginx")
+    assert links == {0: [0], 1: [1], 4: [4], 5: [5]}
+    assert ambiguous == {2, 3} and ambiguous_events == {2, 3}
+
+    logs = expected.Logs.__new__(expected.Logs)
+    logs.proxy, logs.target, logs.by_trace_id = records, target, False
+    logs._links, logs._ambiguous, logs._ambiguous_events = links, ambiguous, ambiguous_events
+    assert logs.target_flow_of(records[0]) == "198.18.2.1:5000->198.18.3.11:8080"
+    assert logs.proxy_record_of(target[5]) is records[5]
+    with pytest.raises(expected.AmbiguousLink):
+        logs.target_flow_of(records[2])
+    with pytest.raises(expected.AmbiguousLink):
+        logs.proxy_record_of(target[3])
+
+
+def test_haproxy_links_by_its_backend_source() -> None:
+    [record] = proxies.parse_haproxy_log(HAPROXY_LINE)
+    expected._normalise("haproxy", record)
+    target = [_target_request("198.18.2.1:42864", "POST /ok", 1795316964.95),
+              _target_request("198.18.2.1:42999", "POST /ok", 1795316964.95)]
+    assert expected.link([record], target, "haproxy")[0] == {0: [0]}
+
+
+def test_output_names_tell_the_header_configuration_apart() -> None:
+    assert stem_of(find("5"), "caddy") == "keepalive-race-caddy"
+    assert stem_of(find("5"), "caddy", "none") == "keepalive-race-caddy-noxff"
+    result = CliRunner().invoke(lab, ["--help"])
+    assert "--headers [forwarding|none|both]" in result.output
+
+
+def test_apache_answers_its_timeout_with_502_and_that_is_no_miss() -> None:
+    truth = {"proxy": "apache", "findings": [{"kind": "gateway_timeout", "status": 502}]}
+    assert expected.missing(find("6"), truth) == []
+    assert expected.missing(find("6"), dict(truth, proxy="nginx")) == ["gateway_timeout:504"]
+
+
 def _segment(src: tuple[str, int], dst: tuple[str, int], flags: int, seq: int, data: bytes = b"") -> bytes:
     tcp = dpkt.tcp.TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=1, data=data)
     ip = dpkt.ip.IP(src=bytes(map(int, src[0].split("."))), dst=bytes(map(int, dst[0].split("."))),
@@ -152,7 +315,7 @@ def test_cli_rejects_unknown_scenario() -> None:
 
 def _lab_unavailable() -> str | None:
     try:
-        netns.check_requirements()
+        netns.check_requirements(netns.tools_for(proxies.PROXIES))
     except netns.LabError as e:
         return str(e)
     return None
@@ -181,7 +344,7 @@ def _vxlan_tcp_frames(path: Path) -> int:
 
 @pytest.mark.lab
 @needs_lab
-@pytest.mark.parametrize("proxy", proxies.PROXIES)
+@pytest.mark.parametrize("proxy", ["haproxy", "nginx"])
 @pytest.mark.parametrize(("scenario", "kind", "status"), [
     ("slow-target-504", "gateway_timeout", 504),
     ("target-close-502", "target_reset", 502),
@@ -198,6 +361,29 @@ def test_scenario_end_to_end(tmp_path: Path, proxy: str, scenario: str, kind: st
     assert any(f["kind"] == kind and (status is None or f["status"] == status) for f in truth["findings"])
     if status:
         assert status in [r["status"] for r in truth["proxy_log"]]
+    assert result.missing == []
+    assert _own_namespaces() == []
+
+
+@pytest.mark.lab
+@needs_lab
+@pytest.mark.parametrize(("proxy", "scenario", "kind", "status"), [
+    ("apache", "slow-target-504", "gateway_timeout", 502),  # Apache answers its ProxyTimeout with 502
+    ("caddy", "keepalive-race", "keepalive_race", 200),  # Go's hidden retry of the raced GET
+])
+def test_new_proxy_without_forwarding_headers(tmp_path: Path, proxy: str, scenario: str, kind: str,
+                                              status: int) -> None:
+    from alb_pcap.lab.runner import run_scenario
+
+    result = run_scenario(find(scenario), proxy, tmp_path, headers="none")
+    assert result.capture.name == f"{scenario}-{proxy}-noxff.pcap" and _vxlan_tcp_frames(result.capture) > 10
+    truth = json.loads(result.expected_path.read_text())
+    assert (truth["proxy"], truth["headers"], truth["capture"]) == (proxy, "none", result.capture.name)
+    assert "time join" in truth["links"]
+    requests = [e for e in truth["target_log"] if e["event"] == "request"]
+    assert requests and all(e["forwarded"] == [] and e["trace_id"] is None for e in requests)
+    found = [f for f in truth["findings"] if f["kind"] == kind and f["status"] == status]
+    assert found and all(f["client_flow"] and f["target_flow"] for f in found)
     assert result.missing == []
     assert _own_namespaces() == []
 

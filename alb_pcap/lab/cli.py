@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .netns import LabError, check_requirements
-from .proxies import PROXIES
+from .netns import LabError, check_requirements, tools_for
+from .proxies import HEADERS, PROXIES
 from .craft import CRAFTED
 from .scenarios import SCENARIOS, Scenario, find
 
@@ -18,21 +18,27 @@ from .scenarios import SCENARIOS, Scenario, find
               help="Proxy to run (repeatable); default: every proxy the scenario supports.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("lab-out"),
               show_default=True, help="Directory for the .pcap and .expected.json files.")
+@click.option("--headers", type=click.Choice(HEADERS + ("both",)), default="forwarding", show_default=True,
+              help="forwarding: X-Forwarded-For/-Port/-Proto and X-Amzn-Trace-Id; none: the proxy's "
+                   "defaults without any of them (files named SCENARIO-PROXY-noxff.*); both: each run twice.")
 @click.option("--keep-logs", is_flag=True, help="Also keep the raw proxy, target and client logs.")
 @click.option("--list", "list_", is_flag=True, help="List the scenarios and exit.")
-def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, keep_logs: bool, list_: bool) -> None:
+def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, headers: str, keep_logs: bool,
+        list_: bool) -> None:
     """Reproduce a proxy timeout mismatch in network namespaces and capture it.
 
-    Runs HAProxy or nginx between a client and a target in namespaces (addresses in
-    198.18.0.0/15 only), mirrors the proxy's interfaces into VXLAN like AWS Traffic Mirroring,
-    and writes SCENARIO-PROXY.pcap with SCENARIO-PROXY.expected.json (ground truth from the
-    proxy's own log). SCENARIO is a name or number from --list, or `all`. Needs root.
+    Runs HAProxy, nginx, Apache httpd or Caddy between a client and a target in namespaces
+    (addresses in 198.18.0.0/15 only), mirrors the proxy's interfaces into VXLAN like AWS Traffic
+    Mirroring, and writes SCENARIO-PROXY.pcap with SCENARIO-PROXY.expected.json (ground truth from
+    the proxy's, target's and client's own logs). SCENARIO is a name or number from --list, or
+    `all`. Needs root.
 
     Example:
 
     \b
         sudo alb-pcap lab keepalive-race --proxy nginx --out /tmp/lab
-        sudo alb-pcap lab all --out sample_captures
+        sudo alb-pcap lab 5 --proxy caddy --headers none --out /tmp/lab
+        sudo alb-pcap lab all --headers both --out sample_captures
     """
     if list_:
         _list()
@@ -44,11 +50,13 @@ def lab(scenario: str | None, proxy_names: tuple[str, ...], out: Path, keep_logs
         if scenario != "all":
             return
     chosen = SCENARIOS if scenario == "all" else [_find(scenario)]
+    configs = HEADERS if headers == "both" else (headers,)
     try:
-        check_requirements()
+        check_requirements(tools_for(proxy_names or PROXIES))
         for sc in chosen:
             for proxy in proxy_names or PROXIES:
-                _run(sc, proxy, out, keep_logs, explicit=bool(proxy_names) and scenario != "all")
+                for config in configs:
+                    _run(sc, proxy, out, keep_logs, config, explicit=bool(proxy_names) and scenario != "all")
     except LabError as e:
         raise click.ClickException(str(e)) from e
 
@@ -76,13 +84,13 @@ def _list() -> None:
         click.echo(f"   {name:26s} crafted replay of the seed article's ALB capture (no root needed)")
 
 
-def _run(sc: Scenario, proxy: str, out: Path, keep_logs: bool, explicit: bool) -> None:
-    from .runner import run_scenario  # keeps `alb-pcap --help` free of the lab's imports
+def _run(sc: Scenario, proxy: str, out: Path, keep_logs: bool, headers: str, explicit: bool) -> None:
+    from .runner import run_scenario, stem_of  # keeps `alb-pcap --help` free of the lab's imports
 
     if proxy in sc.unsupported and not explicit:
-        click.echo(f"{sc.name}-{proxy}: skipped, {sc.unsupported[proxy]}", err=True)
+        click.echo(f"{stem_of(sc, proxy, headers)}: skipped, {sc.unsupported[proxy]}", err=True)
         return
-    result = run_scenario(sc, proxy, out, keep_logs)
+    result = run_scenario(sc, proxy, out, keep_logs, headers)
     kinds = ", ".join(f["kind"] + (f":{f['status']}" if f["status"] else "") for f in result.expected["findings"])
     click.echo(f"{result.capture}  findings: {kinds or 'none'}")
     if result.missing:

@@ -42,6 +42,14 @@ TARGET_PORT = 8080
 VXLAN_PORT = 4789
 VNI = 7
 REQUIRED_TOOLS = ("ip", "tc", "tcpdump", "haproxy", "nginx", "curl")
+PROXY_TOOLS = {"haproxy": "haproxy", "nginx": "nginx", "apache": "apache2", "caddy": "caddy"}
+
+
+def tools_for(proxies: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """What a run with these proxies needs (nginx always: it is also the lab's plain target)."""
+    return ("ip", "tc", "tcpdump", "nginx", "curl") + tuple(
+        PROXY_TOOLS[p] for p in proxies if PROXY_TOOLS[p] != "nginx"
+    )
 
 
 class LabError(Exception):

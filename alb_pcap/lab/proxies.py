@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROXIES = ("haproxy", "nginx")
+from .apache import APACHE_LOG_FORMAT, apache_config, parse_apache_log  # noqa: F401 (re-exported)
+from .caddy import caddy_config, parse_caddy_log  # noqa: F401 (re-exported)
+
+PROXIES = ("haproxy", "nginx", "apache", "caddy")
+HEADERS = ("forwarding", "none")
+"""Header configurations: "forwarding" adds X-Forwarded-For/-Port/-Proto and an X-Amzn-Trace-Id;
+"none" is the proxy's default as far as the request's identity goes: no X-Forwarded-*, no request id
+(Apache and Caddy add X-Forwarded-* by default; the lab turns them off)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class ProxySetup:
     """False turns off the proxy's own retries, which otherwise hide some 502s."""
     reuse: str = "always"
     """HAProxy `http-reuse`; `always` is closest to an ALB, which multiplexes freely."""
+    headers: str = "forwarding"
+    """"forwarding" or "none" (see HEADERS)."""
 
 
 # HAProxy's log line: key=value pairs, the request quoted. %bi:%bp is the source of the target
@@ -52,6 +61,14 @@ def haproxy_config(setup: ProxySetup) -> str:
         for i, t in enumerate(setup.targets, 1)
     )
     retries = "" if setup.retries else "    retries 0\n    retry-on none\n"
+    # "none": the unique id is still made and logged (the proxy's own request id) but not sent.
+    forwarding = setup.headers == "forwarding"
+    forwardfor = "    option forwardfor\n" if forwarding else ""
+    id_header = "    unique-id-header X-Amzn-Trace-Id\n" if forwarding else ""
+    set_headers = (
+        "    http-request set-header X-Forwarded-Port %[dst_port]\n"
+        "    http-request set-header X-Forwarded-Proto http\n" if forwarding else ""
+    )
     return f"""global
     log stdout format raw local0
     maxconn 4096
@@ -61,8 +78,7 @@ defaults
     log global
     log-format "{HAPROXY_LOG_FORMAT}"
     option http-keep-alive
-    option forwardfor
-    http-reuse {setup.reuse}
+{forwardfor}    http-reuse {setup.reuse}
     timeout connect 2s
     timeout client {idle}
     timeout server {idle}
@@ -70,13 +86,10 @@ defaults
     timeout http-keep-alive {idle}
 {retries}    # A random 24-hex id after the hex epoch, as in X-Amzn-Trace-Id.
     unique-id-format "Root=1-%{{+X}}Ts-%[uuid,regsub(-,,g),bytes(0,24)]"
-    unique-id-header X-Amzn-Trace-Id
-
+{id_header}
 frontend alb
     bind {setup.listen}
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Forwarded-Proto http
-    default_backend targets
+{set_headers}    default_backend targets
 
 backend targets
     balance roundrobin
@@ -103,6 +116,16 @@ def nginx_proxy_config(setup: ProxySetup, run_dir: Path) -> str:
     # proxy_next_upstream off: no second attempt; otherwise a failure on a reused connection
     # is retried without using up a try, and the client never sees that 502.
     retries = "" if setup.retries else "            proxy_next_upstream off;\n"
+    # "none": nginx's defaults (Host: the upstream's name, no X-Forwarded-*, no id); $request_id
+    # is still logged as the proxy's own request id.
+    headers = (
+        "            proxy_set_header Host $host;\n"
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+        "            proxy_set_header X-Forwarded-Port $server_port;\n"
+        "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "            proxy_set_header X-Amzn-Trace-Id $trace_id;\n"
+        if setup.headers == "forwarding" else ""
+    )
     return f"""{_nginx_main(run_dir, "proxy")}
 http {{
     log_format lab escape=json '{NGINX_PROXY_LOG_FORMAT}';
@@ -128,12 +151,7 @@ http {{
             proxy_pass http://targets;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Port $server_port;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Amzn-Trace-Id $trace_id;
-            proxy_bind {setup.source_ip};
+{headers}            proxy_bind {setup.source_ip};
             proxy_connect_timeout 2s;
             proxy_read_timeout {idle};
             proxy_send_timeout {idle};
@@ -147,7 +165,7 @@ NGINX_TARGET_LOG_FORMAT = (
     '{"ts":$msec,"event":"response","peer":"$remote_addr:$remote_port",'
     '"local":"$server_addr:$server_port","connection":$connection,'
     '"connection_requests":$connection_requests,"request":"$request","status":$status,'
-    '"trace_id":"$http_x_amzn_trace_id"}'
+    '"trace_id":"$http_x_amzn_trace_id","xff":"$http_x_forwarded_for"}'
 )
 
 

@@ -1,6 +1,7 @@
 """Run one scenario with one proxy: build the namespaces, start targets, proxy, captures and clients,
 then write `<scenario>-<proxy>.pcap` (the VXLAN mirror), the gzipped plain front/back captures, and
-`<scenario>-<proxy>.expected.json` (ground truth from the proxy's and target's own logs).
+`<scenario>-<proxy>.expected.json` (ground truth from the proxy's and target's own logs). Runs in the
+"none" header configuration (no X-Forwarded-*, no request id) are `<scenario>-<proxy>-noxff.*`.
 
 Order matters for clean captures: servers are listening before tcpdump starts, tcpdump stops before
 any process is stopped, so a capture holds the scenario and nothing of the teardown.
@@ -44,16 +45,25 @@ class RunResult:
     """Designed findings the run did not produce (empty when the run went as designed)."""
 
 
-def run_scenario(scenario: Scenario, proxy: str, out_dir: Path, keep_logs: bool = False) -> RunResult:
+def stem_of(scenario: Scenario, proxy: str, headers: str = "forwarding") -> str:
+    """`<scenario>-<proxy>` for the forwarding configuration, `<scenario>-<proxy>-noxff` for none."""
+    return f"{scenario.name}-{proxy}" + ("" if headers == "forwarding" else "-noxff")
+
+
+def run_scenario(scenario: Scenario, proxy: str, out_dir: Path, keep_logs: bool = False,
+                 headers: str = "forwarding") -> RunResult:
     if proxy in scenario.unsupported:
         raise LabError(f"{scenario.name} cannot run with {proxy}: {scenario.unsupported[proxy]}")
+    if headers not in proxies.HEADERS:
+        raise LabError(f"no header configuration {headers!r}: one of {', '.join(proxies.HEADERS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{scenario.name}-{proxy}"
+    stem = stem_of(scenario, proxy, headers)
     run_dir = Path(tempfile.mkdtemp(prefix=f"alb-pcap-lab-{stem}-"))
+    run_dir.chmod(0o755)  # Apache's children run as www-data and reopen files here
     try:
         with Lab(run_dir) as lab:
-            _run(lab, scenario, proxy, run_dir)
-        truth = expected.derive(scenario, proxy, run_dir, topology(scenario))
+            _run(lab, scenario, proxy, run_dir, headers)
+        truth = expected.derive(scenario, proxy, run_dir, topology(scenario), headers=headers, stem=stem)
         return _write_outputs(scenario, stem, run_dir, out_dir, truth)
     finally:
         if keep_logs:
@@ -75,9 +85,9 @@ def target_addresses(scenario: Scenario) -> list[str]:
     return [f"{ip}:{TARGET_PORT}" for ip in TARGET_IPS[: scenario.targets]]
 
 
-def _run(lab: Lab, scenario: Scenario, proxy: str, run_dir: Path) -> None:
+def _run(lab: Lab, scenario: Scenario, proxy: str, run_dir: Path, headers: str) -> None:
     _start_targets(lab, scenario, run_dir)
-    _start_proxy(lab, scenario, proxy, run_dir)
+    _start_proxy(lab, scenario, proxy, run_dir, headers)
     with (
         lab.capture("collector", "eth0", run_dir / "mirror.pcap", "udp port 4789"),
         lab.capture("proxy", "front", run_dir / "front.pcap"),
@@ -105,7 +115,7 @@ def _start_targets(lab: Lab, scenario: Scenario, run_dir: Path) -> None:
         lab.wait_listening("target", address, process)
 
 
-def _start_proxy(lab: Lab, scenario: Scenario, proxy: str, run_dir: Path) -> None:
+def _start_proxy(lab: Lab, scenario: Scenario, proxy: str, run_dir: Path, headers: str) -> None:
     setup = proxies.ProxySetup(
         listen=LISTENER,
         source_ip=PROXY_BACK_IP,
@@ -113,11 +123,21 @@ def _start_proxy(lab: Lab, scenario: Scenario, proxy: str, run_dir: Path) -> Non
         idle_timeout_s=scenario.timers.proxy_idle_timeout_s,
         client_keepalive_duration_s=scenario.timers.client_keepalive_duration_s,
         retries=scenario.retries,
+        headers=headers,
     )
     if proxy == "haproxy":
         (run_dir / "haproxy.cfg").write_text(proxies.haproxy_config(setup))
         # -db: foreground, and `log stdout` then lands in haproxy.out
         process = lab.spawn("proxy", "haproxy", ["haproxy", "-db", "-f", str(run_dir / "haproxy.cfg")])
+    elif proxy == "apache":
+        (run_dir / "apache.conf").write_text(proxies.apache_config(setup, run_dir))
+        process = lab.spawn("proxy", "apache", ["apache2", "-DFOREGROUND", "-f", str(run_dir / "apache.conf")])
+    elif proxy == "caddy":
+        (run_dir / "caddy.json").write_text(proxies.caddy_config(setup, run_dir))
+        env = {"HOME": str(run_dir), "XDG_DATA_HOME": str(run_dir / "caddy-data"),
+               "XDG_CONFIG_HOME": str(run_dir / "caddy-config")}
+        process = lab.spawn("proxy", "caddy", ["env", *(f"{k}={v}" for k, v in env.items()),
+                                               "caddy", "run", "--config", str(run_dir / "caddy.json")])
     else:
         (run_dir / "proxy.conf").write_text(proxies.nginx_proxy_config(setup, run_dir))
         process = lab.spawn("proxy", "proxy-nginx", ["nginx", "-c", str(run_dir / "proxy.conf")])

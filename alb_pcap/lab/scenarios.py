@@ -1,7 +1,7 @@
 """The lab's scenarios: timers, targets and client plans that make each failure happen on purpose.
 
-Timeouts are seconds, not the ALB's 60 s, so a run takes seconds. Every scenario runs with both
-proxies unless `unsupported` says why not. `designed` lists the findings the design must produce
+Timeouts are seconds, not the ALB's 60 s, so a run takes seconds. Every scenario runs with every
+proxy unless `unsupported` says why not. `designed` lists the findings the design must produce
 (kind and, if it matters, the status the client sees); a run that does not produce them is reported.
 """
 
@@ -148,7 +148,11 @@ SCENARIOS = [
         target="nginx",
         clients=[conn("steady", 0, [get()] + [get(after=0.7) for _ in range(4)])],
         designed=(("client_keepalive_expiry", 200),),
-        unsupported={"haproxy": "HAProxy 2.6 has no maximum client connection age (nginx keepalive_time)"},
+        unsupported={
+            "haproxy": "HAProxy 2.6 has no maximum client connection age (nginx keepalive_time)",
+            "apache": "Apache has no maximum client connection age (MaxKeepAliveRequests counts requests)",
+            "caddy": "Caddy 2.6 has no maximum client connection age",
+        },
     ),
     Scenario(
         10, "tcp-keepalive-idle",

@@ -76,6 +76,16 @@ def header(head: bytes, name: bytes) -> str | None:
     return None
 
 
+def forwarded_names(head: bytes) -> list[str]:
+    """Names of the forwarding and request-id headers present (lower case)."""
+    names = {line.partition(b":")[0].strip().lower().decode("latin-1") for line in head.split(b"\r\n")[1:]}
+    return sorted(n for n in names if n.startswith("x-forwarded") or n in ID_HEADERS)
+
+
+ID_HEADERS = {"forwarded", "via", "x-amzn-trace-id", "x-request-id", "x-correlation-id", "traceparent",
+              "x-real-ip"}
+
+
 def wait_for_request(conn: socket.socket, behaviour: Behaviour) -> bool:
     """Wait up to the keep-alive timeout for the next request; the last busy_window seconds are deaf."""
     attentive = max(behaviour.keepalive_timeout - behaviour.busy_window, 0.0)
@@ -105,7 +115,9 @@ def serve_one(conn: socket.socket, head: bytes, peer: str, behaviour: Behaviour)
     method, path = head.split(b" ")[:2]
     path_s = path.decode("latin-1")
     trace = header(head, b"x-amzn-trace-id")
-    log("request", conn, peer, method=method.decode(), path=path_s, trace_id=trace)
+    # Which identifying headers crossed the proxy: evidence of the run's header configuration.
+    log("request", conn, peer, method=method.decode(), path=path_s, trace_id=trace,
+        xff=header(head, b"x-forwarded-for"), forwarded=forwarded_names(head))
     action, _, arg = path_s.strip("/").partition("/")
     delay = float(arg or 0)
     if action in ("fin", "rst"):
