@@ -364,8 +364,12 @@ class Roles:
 
     def may_pair(self, front: ExchangeRef, back: ExchangeRef) -> bool:
         """Content pairing must not cross proxies the capture has already told apart."""
-        mine = self.proxy_of.get(f"ep:{front.acceptor}")
-        theirs = self.proxy_of.get(f"ip:{host_of(back.opener)}")
+        return self.same_proxy(front.flow, back.flow)
+
+    def same_proxy(self, client_flow: str, target_flow: str) -> bool:
+        """Could one proxy carry both flows? (Unknown roles do not forbid it.)"""
+        mine = self.proxy_of.get(f"ep:{split_flow(client_flow)[1]}")
+        theirs = self.proxy_of.get(f"ip:{host_of(split_flow(target_flow)[0])}")
         return mine is None or theirs is None or mine == theirs
 
     def note(self, ref: ExchangeRef, side: str) -> None:

@@ -622,6 +622,48 @@ def _front_only_finding(tx: Transaction, kind: str) -> Finding:
                    fix, ex.key)
 
 
+# -- one event, one finding ---------------------------------------------------------------------
+
+_EVENT = {"keepalive_race": "target failed", "target_reset": "target failed",
+          "gateway_timeout": "someone gave up", "client_abort": "someone gave up"}
+MERGE_WINDOW_NS = SEC
+"""A proxy relays a target's failure, or a give-up, to the other side within this."""
+
+
+def merge_views(findings: list[Finding], may_pair: Callable[[str, str], bool]) -> list[Finding]:
+    """The two one-sided views of one event that no pair joined become one finding.
+
+    A target's FIN/RST with a request outstanding and the proxy's 502 (or silent
+    close) to a client moments later; the proxy closing a waiting target
+    connection and the client's 504 or its own early close. Which side decides
+    the kind: the target side tells a race from a reset (only it sees the
+    connection's idleness), the client side tells a timeout from a client leaving
+    (only it sees who left). Each view is used once, the nearest in time first.
+    """
+    fronts = [f for f in findings if f.kind in _EVENT and f.target_flow is None and f.client_flow]
+    backs = [f for f in findings if f.kind in _EVENT and f.client_flow is None and f.target_flow]
+    used: set[int] = set()
+    merged: dict[int, Finding] = {}
+    for front in sorted(fronts, key=lambda f: f.ts_ns):
+        views = [b for b in backs if id(b) not in used and _EVENT[b.kind] == _EVENT[front.kind]
+                 and abs(b.ts_ns - front.ts_ns) <= MERGE_WINDOW_NS and may_pair(front.client_flow, b.target_flow)]
+        back = min(views, key=lambda b: abs(b.ts_ns - front.ts_ns), default=None)
+        if back is not None:
+            used.add(id(back))
+            merged[id(front)] = _one_event(front, back)
+    return [merged.get(id(f), f) for f in findings if id(f) not in used]
+
+
+def _one_event(front: Finding, back: Finding) -> Finding:
+    lead = front if _EVENT[front.kind] == "someone gave up" else back
+    failed = front.status is None or front.status >= 500
+    return replace(
+        lead, severity="error" if failed else "warning", client_flow=front.client_flow, target_flow=back.target_flow, status=front.status,
+        summary=f"{back.summary} On the client side, moments later: {front.summary}",
+        evidence=tuple(sorted(front.evidence + back.evidence, key=lambda e: e.ts_ns)),
+    )
+
+
 def _evidence(tx: Transaction, focus: Leg) -> tuple[Evidence, ...]:
     """Frames in time order: requests, closes and responses of both sides."""
     items: list[Evidence] = []

@@ -51,6 +51,7 @@ from .detect import (
     Timer,
     TimerBook,
     gave_up_after,
+    merge_views,
 )
 from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
@@ -189,7 +190,8 @@ class Diagnosis:
         correlation = self.correlator.finish()
         timers = self.timers.renamed(self._subject)
         _observe_give_ups(correlation.transactions, timers)
-        tx_findings = [f for tx in correlation.transactions for f in _detect(tx, timers)]
+        tx_findings = merge_views([f for tx in correlation.transactions for f in _detect(tx, timers)],
+                                  self.roles.same_proxy)
         connect = self.connects.report(
             capture_end_ns=self._now,
             side_of=lambda o, a: _SIDE.get(self.roles.conn_side(o, a)),

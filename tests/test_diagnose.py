@@ -233,3 +233,20 @@ def test_lab_runs_without_forwarding_headers(tmp_path, variant):
         s = score(diagnose(rewrite(path, tmp_path / path.name, **variant)), expected(path))
         report(f"{path.name} {sorted(variant)}", s)
         assert (s.precision, s.recall) == (1.0, 1.0), path.name
+
+
+def test_one_event_seen_from_both_sides_but_never_paired_is_one_finding():
+    """The target's RST and the proxy's 502 to a client 3 ms later; nothing pairs them (URI rewritten
+    beyond recognition, no forwarding header): one finding, the target side's kind, both flows."""
+    sink = Diagnosis(proxies=("198.18.2.10",), listeners=(80,))
+    sink.exchange(make_exchange(conn_id=2, uri="/internal/v2/render", start=0.0, status=None, ended="rst",
+                                headers={"Host": "backend"}), TARGET_FLOW)
+    sink.exchange(make_exchange(conn_id=1, uri="/page", start=-2.0, duration=3.503, status=502,
+                                headers={"Host": "shop", "User-Agent": "Mozilla/5.0"}), CLIENT_FLOW)
+    sink.connection(make_connection(2, TARGET_FLOW, start=-0.01, first=close(RESP, 1.5, "rst")))
+    sink.connection(make_connection(1, CLIENT_FLOW, start=-2.01, first=close(RESP, 1.504)))
+    r = sink.finish()
+    assert r.counts.paired == 0
+    (f,) = [f for f in r.findings if f.kind in ("target_reset", "keepalive_race")]
+    assert (f.kind, f.status, f.client_flow, f.target_flow) == ("target_reset", 502, CLIENT_FLOW, TARGET_FLOW)
+    assert {e.side for e in f.evidence} == {"client", "target"}
