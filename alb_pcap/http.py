@@ -270,7 +270,8 @@ def body_framing(
         # Step 5: an invalid Content-Length is an unrecoverable framing error.
         # A request then has no body we can trust (Zeek reads it as none, so
         # a smuggled request behind it shows up); a response is read to the
-        # end of the connection, which is what a client would have received.
+        # end of the connection, which is what a client would have received
+        # (up to the answer to a later request, if one shows: _read_close_watching).
         if length is None:
             warn("HTTP_bad_content_length", ", ".join(lengths))
             return (_F_NO_BODY if status is None else _F_CLOSE), 0
@@ -301,6 +302,13 @@ def _content_length(values: list[str]) -> int | None:
     if int(text) > MAX_LENGTH:
         return None
     return int(text)
+
+
+def _bad_length(framing: Fields) -> bool:
+    """Framing fields with Content-Length and no Transfer-Encoding: a body read to the close
+    because that length was invalid."""
+    names = {name.lower() for name, _ in framing}
+    return "content-length" in names and "transfer-encoding" not in names
 
 
 def _chunk_size(line: bytes) -> int:
@@ -1080,6 +1088,23 @@ class _ResponseReader(_Reader):
             return
         self.conn._answered(tx)
         self._start_body(framing, length, data)
+        if framing is _F_CLOSE and self.state is State.CLOSE and _bad_length(head[3]):
+            # Read to the close, as a client would have, unless a later request is answered
+            # meanwhile: the length was garbage (20 digits, say), not a promise to close.
+            self._step = self._read_close_watching
+
+    def _read_close_watching(self, data: bytes) -> None:
+        """A body read to the close after an invalid Content-Length, watching for the next answer."""
+        if len(self.conn._awaiting) > 1:  # a later request waits: its status line ends this body
+            start = self._find_start(data, self.pos)
+            if start >= 0:
+                tx = self.tx
+                assert tx is not None
+                tx.body[RESP] += start - self.pos
+                self.pos = start
+                self.resync()  # this answer's framing was broken; the next one starts here
+                return
+        self._read_close(data)
 
     def _finished(self, tx: _Tx) -> None:
         awaiting = self.conn._awaiting

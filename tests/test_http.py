@@ -444,6 +444,29 @@ def test_bad_content_length_in_a_response_reads_to_close(value):
     assert anomalies == {"HTTP_bad_content_length": 1}
 
 
+@pytest.mark.parametrize("value", [b"12345678901234567890", b"99999999999999999999", b"5, 6"])
+@pytest.mark.parametrize("layout", ["next-request-later", "pipelined", "one-segment"])
+def test_bad_content_length_does_not_swallow_the_next_answer(value, layout):
+    """Issue 10: a 20-digit Content-Length made the answer close-delimited, and the answer to
+    the next request on the connection was counted as its body."""
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nabc"
+    steps = {
+        "next-request-later": ((ORIG, GET), (RESP, bad), (ORIG, GET), (RESP, OK5)),
+        "pipelined": ((ORIG, GET + GET), (RESP, bad), (RESP, OK5)),
+        "one-segment": ((ORIG, GET + GET), (RESP, bad + OK5)),
+    }[layout]
+    exchanges, anomalies = talk(*steps)
+    assert summary(exchanges) == [(1, "GET", "/a", 200, 0, 3, "gap"), (2, "GET", "/a", 200, 0, 5, "complete")]
+    assert anomalies == {"HTTP_bad_content_length": 1}
+
+
+def test_bad_content_length_with_no_request_waiting_still_reads_to_close():
+    """Text that looks like a status line inside that body is body while nothing waits for an answer."""
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 12345678901234567890\r\n\r\n" + OK5
+    (ex,), anomalies = talk((ORIG, GET), (RESP, bad), ("fin", RESP))
+    assert (ex.response_body_len, ex.ended) == (len(OK5), "complete")
+
+
 def test_repeated_identical_content_lengths_are_one():
     (ex,), anomalies = talk(
         (ORIG, b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\nabc"), (RESP, OK5))
