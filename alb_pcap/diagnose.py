@@ -80,13 +80,14 @@ class DiagnosisResult:
 class _Activity:
     """What an open connection's exchanges said, until the connection closes."""
 
-    __slots__ = ("last_http_ns", "last", "failing", "side")
+    __slots__ = ("last_http_ns", "last", "failing", "side", "answered")
 
     def __init__(self) -> None:
         self.last_http_ns: int | None = None
         self.last: tuple[ExchangeRef, int | None] | None = None  # (exchange, HTTP data before it)
         self.failing: list[tuple[ExchangeRef, int | None]] = []
         self.side = "front"
+        self.answered = False
 
 
 _SIDE = {"front": "client", "back": "target"}
@@ -152,6 +153,7 @@ class Diagnosis:
         act = self._open.setdefault(ref.conn_id, _Activity())
         if side == "back":
             act.side = "back"
+        act.answered = act.answered or ref.status is not None
         entry = (ref, act.last_http_ns)
         if ref.interesting and len(act.failing) < MAX_FAILING_PER_CONN:
             act.failing.append(entry)
@@ -225,6 +227,8 @@ class Diagnosis:
         close = conn.first_close
         if close is None:
             return False
+        if close.by == ORIG and conn.resp_bytes and not act.answered:
+            return False  # the server sent bytes but never an HTTP response: leaving it is no abort
         entries = {ref.key: (ref, before) for ref, before in act.failing}
         if act.last:
             entries[act.last[0].key] = act.last
@@ -232,6 +236,8 @@ class Diagnosis:
         for ref, before in entries.values():
             if ref.request_start_ns is None or (ref.response_end_ns is not None and ref.response_end_ns <= close.ts_ns):
                 continue
+            if ref.ended == "gap":
+                continue  # its response fell into a capture gap: not captured, not cut
             since = conn.start_ns if before is None else before
             by = "opener" if close.by == ORIG else "acceptor"
             self.correlator.cut(ref.key, Cut(by, close, conn.rst, ref.request_start_ns - since))
@@ -300,7 +306,7 @@ def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...],
         if f.kind == "gateway_timeout" and waited >= MIN_IDLE_NS:
             proxy = host_of(ex.opener) if leg is not tx.front else ex.acceptor
             timers.observe("proxy_response_timeout", proxy, waited)
-        elif f.kind == "client_abort" and tx.front is not None and leg is tx.front:
+        elif f.kind == "client_abort" and tx.front is not None and leg is tx.front and waited >= MIN_IDLE_NS:
             timers.observe("client_response_timeout", host_of(ex.opener), waited)
         elif f.kind == "keepalive_race" and leg.cut is not None and leg is not tx.front:
             # the race is the target's keep-alive timer firing: measured from the HTTP data before it

@@ -14,7 +14,7 @@ from alb_pcap import pipeline
 from alb_pcap.diagnose import Diagnosis, finding_dict, result_dict, score
 
 from .conftest import SAMPLES
-from alb_pcap.model import RESP
+from alb_pcap.model import ORIG, RESP
 
 from .diag_builders import (
     CLIENT_FLOW,
@@ -250,3 +250,42 @@ def test_one_event_seen_from_both_sides_but_never_paired_is_one_finding():
     (f,) = [f for f in r.findings if f.kind in ("target_reset", "keepalive_race")]
     assert (f.kind, f.status, f.client_flow, f.target_flow) == ("target_reset", 502, CLIENT_FLOW, TARGET_FLOW)
     assert {e.side for e in f.evidence} == {"client", "target"}
+
+
+def test_a_response_lost_in_a_capture_gap_is_not_a_target_failure():
+    """Capture loss is not a failure: the target answered into a mirror drop, then closed idle 5 s later."""
+    sink = Diagnosis(proxies=("198.18.2.10",), listeners=(80,))
+    sink.exchange(back_exchange(conn_id=2, start=0.0, status=None, ended="gap"), TARGET_FLOW)
+    sink.exchange(make_exchange(conn_id=1, start=-0.001, duration=0.01, status=200), CLIENT_FLOW)
+    sink.connection(make_connection(2, TARGET_FLOW, start=-0.01, first=close(RESP, 5.0)))
+    kinds = {f.kind for f in sink.finish().findings}
+    assert not kinds & {"target_reset", "keepalive_race", "gateway_timeout", "client_abort"}
+
+
+def test_a_server_that_does_not_speak_http_is_not_a_client_abort(tmp_path):
+    """An SSH banner on port 80: the client's request gets no HTTP answer and it leaves; nobody aborted."""
+    from alb_pcap.model import TH_ACK, TH_FIN, TH_PUSH, TH_SYN
+
+    from .wire import Wire
+
+    c, s = "198.18.0.10", "198.18.1.10"
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    banner = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
+    w = (Wire().add(0.0, c, 40000, s, 80, TH_SYN, seq=1000)
+         .add(0.001, s, 80, c, 40000, TH_SYN | TH_ACK, seq=5000, ack=1001)
+         .add(0.002, c, 40000, s, 80, TH_ACK, seq=1001, ack=5001)
+         .add(0.003, s, 80, c, 40000, TH_ACK | TH_PUSH, seq=5001, ack=1001, payload=banner)
+         .add(0.004, c, 40000, s, 80, TH_ACK | TH_PUSH, seq=1001, ack=5001 + len(banner), payload=request)
+         .add(2.004, c, 40000, s, 80, TH_FIN | TH_ACK, seq=1001 + len(request), ack=5001 + len(banner)))
+    path = tmp_path / "ssh-on-80.pcap"
+    path.write_bytes(w.pcap_bytes())
+    assert not [f for f in diagnose(path).findings if f.kind == "client_abort"]
+
+
+def test_no_timeout_is_inferred_from_a_one_millisecond_wait():
+    sink = Diagnosis()
+    sink.exchange(make_exchange(conn_id=1, start=0.0, status=None, ended="fin"), CLIENT_FLOW)
+    sink.connection(make_connection(1, CLIENT_FLOW, start=-0.01, first=close(ORIG, 0.001)))
+    r = sink.finish()
+    assert [f.kind for f in r.findings] == ["client_abort"]
+    assert not [t for t in r.timers if t.name == "client_response_timeout"]
