@@ -6,6 +6,7 @@ Scores are printed (run with ``-s``) and asserted against floors that say what w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -285,7 +286,8 @@ def test_a_server_that_does_not_speak_http_is_not_a_client_abort(tmp_path):
 def test_no_timeout_is_inferred_from_a_one_millisecond_wait():
     sink = Diagnosis()
     sink.exchange(make_exchange(conn_id=1, start=0.0, status=None, ended="fin"), CLIENT_FLOW)
-    sink.connection(make_connection(1, CLIENT_FLOW, start=-0.01, first=close(ORIG, 0.001)))
+    conn = make_connection(1, CLIENT_FLOW, start=-0.01, first=close(ORIG, 0.001))
+    sink.connection(dataclasses.replace(conn, resp_bytes=0))  # the server sent nothing yet
     r = sink.finish()
     assert [f.kind for f in r.findings] == ["client_abort"]
     assert not [t for t in r.timers if t.name == "client_response_timeout"]
