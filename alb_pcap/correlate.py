@@ -33,12 +33,14 @@ connection's opener marks a back connection; everything else is front.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from zlib import crc32
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from .model import Close, Exchange
+from .software import Hints, from_request, from_response
 
 SEC = 1_000_000_000
 # Statuses a proxy makes up itself: worth keeping the transaction for.
@@ -100,6 +102,10 @@ class ExchangeRef(NamedTuple):
     forwarded_port: int | None
     server: str | None
     """The response's Server header (``awselb/2.0`` marks an ALB's own answer)."""
+    request_hint: str | None
+    """The proxy software this request names, were it sent by a proxy (``software.from_request``)."""
+    response_hint: str | None
+    """The proxy software this response names, were it sent by a proxy (``software.from_response``)."""
     request_close: bool
     """The request asked for the connection to close (or was HTTP/1.0 without keep-alive)."""
     response_close: bool
@@ -132,6 +138,7 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
         _request_ids(request), (ex.method, _uri_tail(ex.uri), ex.request_body_len), _fingerprint(request),
         _last_hop(request.get("x-forwarded-for")),
         _int(request.get("x-forwarded-port")), response.get("server"),
+        from_request(ex.request_headers), from_response(ex.response_headers, ex.status),
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
@@ -283,7 +290,12 @@ class Proxy:
     targets: tuple[str, ...]
     paired: int
     found_by: str
-    """"configured", "paired requests", "X-Forwarded-For" (back side only) or "Server header"."""
+    """"configured", "paired requests", "forwarded requests" (seen sending requests on, none paired),
+    "X-Forwarded-For" (back side only) or "Server header"."""
+    paired_by: tuple[tuple[str, int], ...] = ()
+    """How its pairs were made ("header x-request-id", "x-forwarded-for", "content"), with counts."""
+    software: str | None = None
+    """ALB, nginx, HAProxy, Apache, Caddy, Envoy: what the wire says it is (``software.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +333,9 @@ class Roles:
         self.xff_openers: set[str] = set()  # back-side-only evidence
         self.awselb: set[str] = set()  # front-side-only evidence
         self.version = 0
+        self.paired_how: dict[int, Counter[str]] = {}
+        self.hints = Hints()
+        self._numbers = 0
         """Goes up when an address gets a role: what was filed before may be on the wrong side."""
 
     def side(self, ref: ExchangeRef) -> str:
@@ -343,20 +358,26 @@ class Roles:
             return "front"
         return None
 
-    def learn(self, front: ExchangeRef, back: ExchangeRef) -> None:
+    def learn(self, front: ExchangeRef, back: ExchangeRef, how: str) -> None:
         """A pair was made: the front's acceptor is a listener of the proxy that opened the back."""
         number = self.assign(front.acceptor, host_of(back.opener), back.acceptor)
         self.paired[number] = self.paired.get(number, 0) + 1
+        self.paired_how.setdefault(number, Counter())[how] += 1
 
     def assign(self, listener: str, back_ip: str, target: str) -> int:
         keys = (f"ep:{listener}", f"ip:{back_ip}")
         if any(k not in self.proxy_of for k in keys):
             self.version += 1
         numbers = {self.proxy_of[k] for k in keys if k in self.proxy_of}
-        number = min(numbers, default=len(self.paired) + len(self.proxy_of) + 1)
+        if not numbers:
+            self._numbers += 1
+        number = min(numbers, default=self._numbers)
         for key, n in list(self.proxy_of.items()):  # one proxy seen from two sides: merge
             if n in numbers:
                 self.proxy_of[key] = number
+        for n in numbers - {number}:
+            self.paired[number] = self.paired.get(number, 0) + self.paired.pop(n, 0)
+            self.paired_how.setdefault(number, Counter()).update(self.paired_how.pop(n, Counter()))
         for key in keys:
             self.proxy_of[key] = number
         self.targets[target] = number
@@ -396,12 +417,27 @@ class Roles:
         paired_ips = {ip for p in found for ip in p.back_addresses}
         paired_eps = {ep for p in found for ep in p.listeners}
         for ip in sorted(self.configured - paired_ips):
-            found.append(Proxy(ip, (), (ip,), (), 0, "configured"))
+            found.append(Proxy(ip, (), (ip,), (), 0, "configured", software=self._software((), (ip,))))
         for ip in sorted(self.xff_openers - paired_ips - self.configured):
-            found.append(Proxy(ip, (), (ip,), (), 0, "X-Forwarded-For"))
+            found.append(Proxy(ip, (), (ip,), (), 0, "X-Forwarded-For", software=self._software((), (ip,))))
         for ep in sorted(self.awselb - paired_eps):
-            found.append(Proxy(ep, (ep,), (), (), 0, "Server header"))
+            found.append(Proxy(ep, (ep,), (), (), 0, "Server header", software="ALB"))
         return tuple(found)
+
+    def _software(self, listeners: tuple[str, ...], back_addresses: tuple[str, ...]) -> str | None:
+        return self.hints.name(tuple(f"ep:{e}" for e in listeners) + tuple(f"ip:{i}" for i in back_addresses))
+
+    def software_of(self, client_flow: str | None, target_flow: str | None) -> str | None:
+        """The software of the proxy carrying these flows, if the wire told."""
+        keys = []
+        if client_flow:
+            keys.append(f"ep:{split_flow(client_flow)[1]}")
+        if target_flow:
+            keys.append(f"ip:{host_of(split_flow(target_flow)[0])}")
+        number = next((self.proxy_of[k] for k in keys if k in self.proxy_of), None)
+        if number is not None:
+            return self._proxies_by_number()[number].software
+        return self.hints.name(tuple(keys))
 
     def _proxies_by_number(self) -> dict[int, Proxy]:
         out = {}
@@ -410,8 +446,10 @@ class Roles:
             ips = tuple(sorted(k[3:] for k, n in self.proxy_of.items() if n == number and k.startswith("ip:")))
             targets = tuple(sorted(t for t, n in self.targets.items() if n == number))
             name = eps[0] if eps else ips[0]
-            how = "configured" if set(ips) & self.configured else "paired requests"
-            out[number] = Proxy(name, eps, ips, targets, self.paired.get(number, 0), how)
+            paired = self.paired.get(number, 0)
+            how = "configured" if set(ips) & self.configured else "paired requests" if paired else "forwarded requests"
+            ways = tuple(sorted(self.paired_how.get(number, Counter()).items()))
+            out[number] = Proxy(name, eps, ips, targets, paired, how, ways, self._software(eps, ips))
         return out
 
 
@@ -731,7 +769,7 @@ class Correlator:
         tx.paired_by = tx.paired_by or how
         self._where[back.key] = tx
         if tx.front is not None:
-            self.roles.learn(tx.front, back)
+            self.roles.learn(tx.front, back, how)
 
     # -- expiry ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ keep-alive timeout), and writes the verdict.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ from .detect import (
 )
 from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
+from .software import GENERIC, words
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,12 @@ class _Activity:
 
 
 _SIDE = {"front": "client", "back": "target"}
+_FIXES = {"keepalive_race": "fix_race", "target_keepalive_close": "fix_race", "gateway_timeout": "fix_timeout"}
+
+
+def _serverless(text: str) -> str:
+    """With no proxy in the capture, what detectors call the proxy is the server the clients talk to."""
+    return re.sub(r"\b([Tt])he proxy\b", r"\1he server", text).replace("proxy's", "server's")
 MAX_FAILING_PER_CONN = 8
 MAX_KEPT_CONNECTIONS = 2000
 LOOKAHEAD_NS = SEC
@@ -153,6 +161,9 @@ class Diagnosis:
         act = self._open.setdefault(ref.conn_id, _Activity())
         if side == "back":
             act.side = "back"
+            self.roles.hints.add(f"ip:{host_of(ref.opener)}", ref.request_hint)
+        else:
+            self.roles.hints.add(f"ep:{ref.acceptor}", ref.response_hint)
         act.answered = act.answered or ref.status is not None
         entry = (ref, act.last_http_ns)
         if ref.interesting and len(act.failing) < MAX_FAILING_PER_CONN:
@@ -208,9 +219,10 @@ class Diagnosis:
         for f in connect.findings:
             self._add(replace(f, client_flow=client_of.get(id(f), f.client_flow)))
         _observe_transactions(tx_findings, correlation.transactions, timers)
-        findings = tuple(sorted(self._findings, key=lambda f: f.ts_ns))
+        proxies = self.roles.proxies()
+        findings = tuple(sorted((self._worded(f, bool(proxies)) for f in self._findings), key=lambda f: f.ts_ns))
         return DiagnosisResult(
-            proxies=correlation.proxies, transactions=correlation.transactions, findings=findings,
+            proxies=proxies, transactions=correlation.transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
             verdict=verdict(timers, self._kinds, correlation, self.roles), counts=correlation.counts,
             connections=tuple(self._conns), connect_failures=connect.addresses,
@@ -258,6 +270,19 @@ class Diagnosis:
         if "client_keepalive_expiry" in kinds and end.conn.syn_seen:
             # the age of the request that got Connection: close: the duration is at most this
             self.timers.observe("client_keepalive_duration", proxy_key, end.last.start_ns - end.conn.start_ns)
+
+    def _worded(self, f: Finding, proxied: bool) -> Finding:
+        """Advice in the proxy's own settings where the wire named it; "server" where there is no proxy.
+
+        Detectors word findings for a generic proxy: the software is known only once
+        enough of the capture has been read, and whether there is a proxy at all only
+        at its end.
+        """
+        if not proxied:
+            return replace(f, summary=_serverless(f.summary), recommendation=_serverless(f.recommendation))
+        w = words(self.roles.software_of(f.client_flow, f.target_flow))
+        fix = _FIXES.get(f.kind)
+        return replace(f, recommendation=w[fix]) if fix and w is not GENERIC else f
 
     def _subject(self, name: str, raw: str) -> str:
         if name.startswith("proxy_") or name == "client_keepalive_duration":
@@ -331,7 +356,9 @@ def _alignment_lines(timers: TimerBook, roles: Roles, races: int) -> list[str]:
     for t in timers.timers():
         if t.name != "target_keepalive_timeout":
             continue
-        lines.append(_keepalive_line(t, _proxy_idle(timers, roles.proxy_for_target(t.subject)), races))
+        proxy = roles.proxy_for_target(t.subject)
+        w = words(next((p.software for p in roles.proxies() if p.name == proxy), None))
+        lines.append(_keepalive_line(t, _proxy_idle(timers, proxy), races, w))
     return lines
 
 
@@ -342,18 +369,17 @@ def _proxy_idle(timers: TimerBook, proxy: str | None) -> float | None:
     return max((v for v in values if v is not None), default=None)
 
 
-def _keepalive_line(t: Timer, idle: float | None, races: int) -> str:
+def _keepalive_line(t: Timer, idle: float | None, races: int, w: dict[str, str]) -> str:
     head = f"target {t.subject} closes idle connections after {t.seconds:.1f} s ({t.observations} seen)"
     if idle is None and races:
-        return (f"{head}, the proxy kept them longer ({races} race(s) seen): expect 502s; set the target's "
-                "keep-alive timeout above the proxy's idle timeout (ALB default 60 s -> 61-62 s)")
+        return f"{head}, {w['proxy']} kept them longer ({races} race(s) seen): expect 502s. {w['fix_race']}"
     if idle is None:
-        return (f"{head}; if the proxy's idle timeout is longer (ALB default 60 s), expect 502s; set the "
-                "target's keep-alive timeout above the proxy's idle timeout")
+        return (f"{head}; if {w['proxy']} keeps them longer ({w['target_idle']}), expect 502s. "
+                f"{w['fix_race']}")
     if t.seconds <= idle:
-        return (f"{head}, the proxy keeps them {idle:.1f} s: expect 502s; set the target's keep-alive timeout "
-                f"above the proxy's idle timeout ({_fmt(idle + 1)}-{_fmt(idle + 2)} s)")
-    return f"{head}, longer than the proxy's idle timeout ({idle:.1f} s): aligned"
+        return (f"{head}, {w['proxy']} keeps them {idle:.1f} s ({w['target_idle']}): expect 502s; set the "
+                f"target's keep-alive timeout above it ({_fmt(idle + 1)}-{_fmt(idle + 2)} s)")
+    return f"{head}, longer than {w['proxy']}'s idle timeout ({idle:.1f} s): aligned"
 
 
 def _fmt(seconds: float) -> str:
@@ -434,8 +460,9 @@ def timer_dict(t: Timer) -> dict:
 
 
 def proxy_dict(p: Proxy) -> dict:
-    return {"name": p.name, "listeners": list(p.listeners), "back_addresses": list(p.back_addresses),
-            "targets": list(p.targets), "paired": p.paired, "found_by": p.found_by}
+    return {"name": p.name, "software": p.software, "listeners": list(p.listeners),
+            "back_addresses": list(p.back_addresses), "targets": list(p.targets), "paired": p.paired,
+            "found_by": p.found_by, "paired_by": dict(p.paired_by)}
 
 
 def result_dict(r: DiagnosisResult) -> dict:

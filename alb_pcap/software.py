@@ -1,0 +1,150 @@
+"""Which proxy it is, from what it writes on the wire, and its timers in its own words.
+
+A proxy gives itself away in what it makes up: the ``Server`` header of its own
+error responses (``awselb/2.0``, ``nginx/1.22.1``, ``Apache``, ``Caddy``), HAProxy's
+lower-cased header names (HTX) on both the requests it sends and the errors it
+answers, Apache's ``X-Forwarded-Server``, Envoy's ``x-envoy-*``. A response the
+proxy only relayed carries the target's ``Server``, so that header counts only on
+the statuses proxies make up. Each exchange yields at most one hint; a proxy is
+named by the most common hint of its listeners and back addresses.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+SERVERS = (("awselb", "ALB"), ("nginx", "nginx"), ("apache", "Apache"), ("caddy", "Caddy"),
+           ("envoy", "Envoy"), ("haproxy", "HAProxy"))
+PROXY_MADE = frozenset({408, 460, 499, 502, 503, 504})
+
+
+def from_response(headers: tuple[tuple[str, str], ...], status: int | None) -> str | None:
+    """The proxy named by a response it sent to a client (front side)."""
+    names = [name for name, _ in headers]
+    if any(n.lower().startswith("x-envoy-") for n in names):
+        return "Envoy"
+    if status not in PROXY_MADE:
+        return None  # a relayed response speaks for the target
+    server = next((v.lower() for n, v in headers if n.lower() == "server"), None)
+    if server is None:
+        return "HAProxy" if names and all(n.islower() for n in names) else None
+    return next((name for prefix, name in SERVERS if server.startswith(prefix)), None)
+
+
+def from_request(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """The proxy named by a request it sent to a target (back side)."""
+    names = [name for name, _ in headers]
+    lowered = {n.lower() for n in names}
+    if any(n.startswith("x-envoy-") for n in lowered):
+        return "Envoy"
+    if "x-forwarded-server" in lowered:
+        return "Apache"
+    if len(names) >= 2 and all(n.islower() for n in names):
+        return "HAProxy"
+    return None
+
+
+class Hints:
+    """Hints per address (a listener ip:port or a back address), bounded."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Counter[str]] = {}
+
+    def add(self, key: str, hint: str | None) -> None:
+        if hint is not None and (key in self._by_key or len(self._by_key) < self.MAX):
+            self._by_key.setdefault(key, Counter())[hint] += 1
+
+    def name(self, keys: tuple[str, ...]) -> str | None:
+        total: Counter[str] = Counter()
+        for key in keys:
+            total.update(self._by_key.get(key, {}))
+        return total.most_common(1)[0][0] if total else None
+
+
+# -- the settings behind each timer, per proxy --------------------------------------------------
+
+GENERIC = {
+    "proxy": "the proxy",
+    "idle": "its idle timeout",
+    "target_idle": "its idle timeout for target connections",
+    "response": "its response timeout",
+    "max_age": "its maximum client connection age",
+    "fix_race": "Set the target's keep-alive timeout above the proxy's idle timeout for target connections "
+                "(for an ALB's 60 s: 61-62 s), so the proxy, not the target, closes idle connections.",
+    "fix_timeout": "Make the target answer within the proxy's response timeout, or raise that timeout above "
+                   "the longest request.",
+}
+
+WORDS = {
+    "ALB": {
+        "proxy": "the ALB",
+        "idle": "its idle timeout (idle_timeout.timeout_seconds, default 60 s)",
+        "target_idle": "its idle timeout (idle_timeout.timeout_seconds, default 60 s)",
+        "response": "its idle timeout (idle_timeout.timeout_seconds: the ALB answers 504 when the target is "
+                    "silent that long)",
+        "max_age": "its client keep-alive duration (client_keep_alive.seconds, default 3600 s)",
+        "fix_race": "Set the target's keep-alive timeout above the ALB's idle_timeout.timeout_seconds (60 s "
+                    "-> 61-62 s), so the ALB always closes idle connections first.",
+        "fix_timeout": "Make the target answer within the ALB's idle_timeout.timeout_seconds, or raise it above "
+                       "the longest request.",
+    },
+    "nginx": {
+        "proxy": "nginx",
+        "idle": "keepalive_timeout",
+        "target_idle": "keepalive_timeout in the upstream block",
+        "response": "proxy_read_timeout",
+        "max_age": "keepalive_time",
+        "fix_race": "Set the target's keep-alive timeout above nginx's upstream keepalive_timeout (the upstream "
+                    "block's, default 60 s), so nginx closes idle upstream connections first.",
+        "fix_timeout": "Make the target answer within nginx's proxy_read_timeout, or raise it above the longest "
+                       "request.",
+    },
+    "HAProxy": {
+        "proxy": "HAProxy",
+        "idle": "timeout http-keep-alive (else timeout client)",
+        "target_idle": "pool-purge-delay (idle server connections are purged in halves, not on an idle timer)",
+        "response": "timeout server",
+        "max_age": "no maximum client connection age",
+        "fix_race": "Set the target's keep-alive timeout above HAProxy's pool-purge-delay and timeout server, "
+                    "or lower pool-purge-delay, so HAProxy drops idle server connections first.",
+        "fix_timeout": "Make the target answer within HAProxy's timeout server, or raise it above the longest "
+                       "request.",
+    },
+    "Apache": {
+        "proxy": "Apache httpd",
+        "idle": "KeepAliveTimeout",
+        "target_idle": "ProxyPass ttl= (pooled backend connections)",
+        "response": "ProxyTimeout (else Timeout); Apache answers it with 502, not 504",
+        "max_age": "MaxKeepAliveRequests (Apache limits requests, not age)",
+        "fix_race": "Set ProxyPass ... ttl= below the target's keep-alive timeout (or the target's timeout above "
+                    "it), so Apache retires pooled connections first.",
+        "fix_timeout": "Make the target answer within Apache's ProxyTimeout, or raise it above the longest "
+                       "request.",
+    },
+    "Caddy": {
+        "proxy": "Caddy",
+        "idle": "servers { timeouts { idle } } (default 5 m)",
+        "target_idle": "reverse_proxy transport http { keepalive } (idle connections, default 2 m)",
+        "response": "reverse_proxy transport http { response_header_timeout }",
+        "max_age": "no maximum client connection age",
+        "fix_race": "Set the target's keep-alive timeout above Caddy's transport keepalive (default 2 m), or "
+                    "lower that, so Caddy closes idle upstream connections first.",
+        "fix_timeout": "Make the target answer within Caddy's response_header_timeout, or raise it.",
+    },
+    "Envoy": {
+        "proxy": "Envoy",
+        "idle": "the HTTP connection manager's common_http_protocol_options.idle_timeout (default 1 h)",
+        "target_idle": "the cluster's common_http_protocol_options.idle_timeout (default 1 h)",
+        "response": "the route's timeout (default 15 s)",
+        "max_age": "max_connection_duration",
+        "fix_race": "Set the cluster's common_http_protocol_options.idle_timeout below the target's keep-alive "
+                    "timeout, so Envoy closes idle upstream connections first.",
+        "fix_timeout": "Make the target answer within the route's timeout, or raise it.",
+    },
+}
+
+
+def words(software: str | None) -> dict[str, str]:
+    return WORDS.get(software or "", GENERIC)
