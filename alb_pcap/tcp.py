@@ -216,15 +216,16 @@ class TcpTracker:
             conn, direction = self._open(pkt)
         else:
             conn, direction = found
-        if pkt.ts_ns > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
-            conn.last_ns = pkt.ts_ns  # must not make a duration negative
+        ts = pkt.ts_ns
+        if ts > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
+            conn.last_ns = ts  # must not make a duration negative
         self._segment(conn, direction, pkt)
         if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
             # both FINs acknowledged: nothing more is due, so release it now rather than after
             # LINGER_NS (at thousands of connections a second that window is most of the memory)
-            self._finalize(conn, "eof", pkt.ts_ns, pkt.frame)
-        if pkt.ts_ns >= self._next_sweep:
-            self._sweep(pkt.ts_ns)
+            self._finalize(conn, "eof", ts, pkt.frame)
+        if ts >= self._next_sweep:
+            self._sweep(ts)
 
     def finish(self) -> None:
         """Capture end: every connection still tracked is summarised as it stands."""
