@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
+from . import clocks
 from .capture import open_capture
 from .http import HttpConnection
 from .model import AnomalyLog, CaptureStats, Connection, Exchange, Packet
@@ -54,6 +55,8 @@ class Summary:
     keepalive_probes: int = 0
     peak_open_connections: int = 0
     cross_capture_duplicates: int = 0  # the same segment in two of the captures given together
+    clock_offsets_ns: list[int] = field(default_factory=list)
+    """Per capture, how far its clock was ahead of the first capture's (subtracted; ``clocks.py``)."""
 
 
 class _HttpStage:
@@ -116,10 +119,30 @@ CROSS_COPY_WINDOW_NS = 2_000_000
 
 
 def _merged(streams: list[Iterator[Packet]], summary: Summary) -> Iterable[Packet]:
-    """Several captures of one incident (front and back, say) read as one timeline."""
+    """Several captures of one incident (front and back, say) read as one timeline, on one clock."""
     if len(streams) == 1:
         return streams[0]
+    streams = [_shifted(s, off) if off else s for s, off in zip(streams, summary.clock_offsets_ns)]
     return _without_cross_copies(heapq.merge(*streams, key=lambda p: p.ts_ns), summary)
+
+
+def _shifted(packets: Iterator[Packet], offset_ns: int) -> Iterator[Packet]:
+    for p in packets:
+        yield p._replace(ts_ns=p.ts_ns - offset_ns)
+
+
+def _clock_offsets(paths: list[str | os.PathLike]) -> list[int]:
+    """A first look at the start of each capture for the offsets between their clocks (stdin: none)."""
+    if len(paths) < 2 or any(os.fspath(p) == "-" for p in paths):
+        return [0] * len(paths)
+    scans = []
+    for path in paths:
+        capture = open_capture(path, AnomalyLog())
+        try:
+            scans.append(clocks.sightings(capture.packets()))
+        finally:
+            capture.close()
+    return clocks.corrections(scans)
 
 
 def _without_cross_copies(packets: Iterable[Packet], summary: Summary) -> Iterator[Packet]:
@@ -147,6 +170,7 @@ def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
             progress: Callable[[int], None] | None = None) -> Summary:
     """Run every stage over the captures; raises CaptureError for unusable input."""
     summary = Summary()
+    summary.clock_offsets_ns = _clock_offsets(paths)
     captures = [open_capture(p, summary.anomalies) for p in paths]
     # Every connection leaves reference cycles behind (parser <-> readers); with the default
     # thresholds the collector re-walks the long-lived state so often it costs ~20% on

@@ -41,3 +41,14 @@ def rewrite(src: Path, dst: Path, strip_forwarding: bool = True, strip_trace: bo
                 buf = TRACE.sub(b"\r\n" + trace_name + b": ", buf)
             writer.writepkt(buf, ts)
     return dst
+
+
+def shift(src: Path, dst: Path, seconds: float) -> Path:
+    """The same capture stamped by a clock ``seconds`` ahead (a second mirror session's host)."""
+    opener = gzip.open if src.suffix == ".gz" else open
+    with opener(src, "rb") as f, open(dst, "wb") as out:
+        reader = dpkt.pcap.Reader(f)
+        writer = dpkt.pcap.Writer(out, snaplen=reader.snaplen, linktype=reader.datalink(), nano=True)
+        for ts, buf in reader:
+            writer.writepkt(buf, ts + seconds)
+    return dst

@@ -119,6 +119,12 @@ def test_score_ignores_kinds_the_file_does_not_judge():
 
 CAPTURES = sorted(p for p in SAMPLES.glob("*.pcap") if p.with_suffix(".expected.json").exists())
 
+# Lab captures the analysis does not yet get right: proxies in their default header configuration
+# (no X-Forwarded-For, no request id), where client and target sides must be paired without help.
+# Scored by test_pending_headerless_capture; strict, so a capture that starts passing must leave the set.
+PENDING_HEADERLESS = {
+}
+
 
 def diagnose(*paths, **kw):
     sink = Diagnosis(**kw)
@@ -146,12 +152,23 @@ def test_sample_captures_precision_and_recall():
     Achieved: precision 1.0 and recall 1.0 on each capture (59 findings over 31 captures).
     """
     totals = [0, 0, 0]
-    for path in CAPTURES:
+    for path in (p for p in CAPTURES if p.name not in PENDING_HEADERLESS):
         s = score(diagnose(path), expected(path))
         report(path.name, s)
         totals = [totals[0] + s.expected, totals[1] + s.found, totals[2] + s.matched]
         assert (s.precision, s.recall) == (1.0, 1.0), path.name
     print("overall expected/found/matched", totals)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="issue 7: pairing without forwarding headers"))
+    for name in sorted(PENDING_HEADERLESS)
+])
+def test_pending_headerless_capture(name):
+    path = SAMPLES / name
+    s = score(diagnose(path), expected(path))
+    report(path.name, s)
+    assert (s.precision, s.recall) == (1.0, 1.0), path.name
 
 
 def one_side(doc: dict, side: str) -> dict:
@@ -184,6 +201,8 @@ def test_one_side_only(side):
         pytest.skip("no one-side captures")
     for path in paths:
         stem = path.name.split(".")[0]
+        if f"{stem}.pcap" in PENDING_HEADERLESS:
+            continue  # both sides together are not right yet (above)
         s = score(diagnose(path), one_side(expected(path), side))
         report(path.name, s)
         assert s.precision == 1.0, path.name
@@ -291,3 +310,19 @@ def test_no_timeout_is_inferred_from_a_one_millisecond_wait():
     r = sink.finish()
     assert [f.kind for f in r.findings] == ["client_abort"]
     assert not [t for t in r.timers if t.name == "client_response_timeout"]
+
+
+@pytest.mark.parametrize("skew", [0.2, -0.2, 0.05])
+@pytest.mark.parametrize("run", ["mixed-nginx", "keepalive-race-haproxy", "slow-target-504-nginx"])
+def test_two_mirror_files_with_skewed_clocks(tmp_path, run, skew):
+    """Client side and target side from two mirror sessions whose clocks disagree by up to 200 ms."""
+    front, back = SAMPLES / f"{run}.front.pcap.gz", SAMPLES / f"{run}.back.pcap.gz"
+    if not front.exists():
+        pytest.skip("no lab captures")
+    from .rewrite import shift
+    skewed = shift(back, tmp_path / "back.pcap", skew)
+    sink = Diagnosis()
+    summary = pipeline.analyze([str(front), str(skewed)], [sink])
+    assert abs(summary.clock_offsets_ns[1] / 1e9 - skew) < 0.005
+    s = score(sink.finish(), expected(front))
+    assert (s.precision, s.recall) == (1.0, 1.0)
