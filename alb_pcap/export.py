@@ -133,7 +133,8 @@ class JsonExport:
         """``diagnosis``: ``diagnose.result_dict`` of the run (findings, proxies, timers...)."""
         head = {
             "schema": SCHEMA,
-            "captures": [capture_dict(c) for c in summary.captures],
+            "captures": [dict(capture_dict(c), clock_offset=round(off / 1e9, 6))
+                         for c, off in zip(summary.captures, summary.clock_offsets_ns or [0] * len(summary.captures))],
             "summary": {
                 "connections": summary.connections,
                 "conn_states": dict(summary.conn_states.most_common()),

@@ -51,7 +51,9 @@ def summary_view(summary: Summary) -> Group:
             f"\n[bold]{summary.connections}[/] TCP connections, [bold]{summary.exchanges}[/] HTTP "
             f"exchanges, {summary.keepalive_probes} TCP keep-alive probes"
             + (f", {summary.cross_capture_duplicates} segments seen in two captures (counted once)"
-               if summary.cross_capture_duplicates else "") + "\n"),
+               if summary.cross_capture_duplicates else "")
+            + "".join(f"; the clock of {c.path} was {off / 1e6:+.1f} ms off the first capture's (corrected)"
+                      for c, off in zip(summary.captures, summary.clock_offsets_ns) if off) + "\n"),
         _counter_table("Connections (Zeek conn_state)", "state", dict(summary.conn_states.most_common())),
         _counter_table("Exchanges by status", "status", dict(summary.statuses.most_common())),
         _counter_table("Exchanges by ending", "ended", dict(summary.endings.most_common())),
