@@ -400,12 +400,13 @@ def _explained(tx: Transaction) -> bool:
     return any(leg.cut is not None for leg in tx.backs)
 
 
-def _front_only(tx: Transaction) -> str | None:
+def _front_only(tx: Transaction, timers: TimerBook) -> str | None:
     """What a proxy-made error on the client side alone says: race, reset or timeout.
 
     A 502 (or a silent close by the proxy) soon after the request looks like a
     dead keep-alive connection (the proxy's RST came back within a round trip);
-    a later one like a target that failed while working on it.
+    a later one like a target that failed while working on it, unless it came
+    when one of the proxy's timers fires (Apache answers its ProxyTimeout with 502).
     """
     front = tx.front
     if front is None or _explained(tx) or any(b.exchange.answered for b in tx.backs):
@@ -418,7 +419,12 @@ def _front_only(tx: Transaction) -> str | None:
         return None
     answered_at = ex.response_start_ns if ex.status is not None else front.cut.close.ts_ns
     took = answered_at - (ex.request_end_ns or ex.start_ns)
-    return "keepalive_race" if took <= RACE_SLACK_NS else "target_reset"
+    if took <= RACE_SLACK_NS:
+        return "keepalive_race"
+    proxy = ex.acceptor
+    if any(near(took / SEC, timers.value(n, proxy) or timers.any_value(n)) for n in PROXY_WAIT_TIMERS):
+        return "gateway_timeout"
+    return "target_reset"
 
 
 def keepalive_race(tx: Transaction, timers: TimerBook) -> Finding | None:
@@ -434,7 +440,7 @@ def keepalive_race(tx: Transaction, timers: TimerBook) -> Finding | None:
     """
     leg = next((b for b in tx.backs if _target_closed(b) and is_race(b, timers)), None)
     if leg is None:
-        return _front_only_finding(tx, "keepalive_race") if _front_only(tx) == "keepalive_race" else None
+        return _front_only_finding(tx, "keepalive_race") if _front_only(tx, timers) == "keepalive_race" else None
     cut, ex = leg.cut, leg.exchange
     order = "before" if cut.close.ts_ns <= (ex.request_start_ns or 0) else "after"
     lag_ms = abs(cut.close.ts_ns - (ex.request_start_ns or 0)) / 1e6
@@ -458,7 +464,7 @@ def target_reset(tx: Transaction, timers: TimerBook) -> Finding | None:
     """
     leg = next((b for b in tx.backs if _target_closed(b) and not is_race(b, timers)), None)
     if leg is None:
-        return _front_only_finding(tx, "target_reset") if _front_only(tx) == "target_reset" else None
+        return _front_only_finding(tx, "target_reset") if _front_only(tx, timers) == "target_reset" else None
     cut, ex = leg.cut, leg.exchange
     after = (cut.close.ts_ns - (ex.request_end_ns or ex.start_ns)) / SEC
     summary = (f"The proxy sent {ex.method} {ex.uri} to target {ex.acceptor} in frame {ex.request_frame}; "
@@ -474,15 +480,19 @@ def gateway_timeout(tx: Transaction, timers: TimerBook) -> Finding | None:
 
     Wire: request on the target connection, no response, FIN/RST from the proxy
     ~its response (idle) timeout later; 504 on the client connection at the
-    same moment. Fix: make the target answer sooner, or raise the proxy's idle
-    timeout above the longest request.
+    same moment (502 from Apache, whose ProxyTimeout answers so). Fix: make the
+    target answer sooner, or raise the proxy's idle timeout above the longest
+    request.
     """
     leg = next((b for b in tx.backs if _proxy_gave_up(b)), None)
-    front_504 = tx.front is not None and tx.front.exchange.status == 504
-    if not front_504 and not (tx.front is None and leg and _timed_out(leg, timers)):
-        return None
+    status = tx.front.exchange.status if tx.front is not None else None
     if leg is None:
-        return _front_only_finding(tx, "gateway_timeout")
+        if tx.front is not None and (status == 504 or _front_only(tx, timers) == "gateway_timeout"):
+            return _front_only_finding(tx, "gateway_timeout")
+        return None
+    # the kind follows the wire, the status the proxy: Apache answers its ProxyTimeout with 502
+    if status not in (502, 503, 504) and not (tx.front is None and _timed_out(leg, timers)):
+        return None
     ex, cut = leg.exchange, leg.cut
     waited = (cut.close.ts_ns - (ex.request_end_ns or ex.start_ns)) / SEC
     summary = (f"The proxy sent {ex.method} {ex.uri} to target {ex.acceptor} in frame {ex.request_frame}; "

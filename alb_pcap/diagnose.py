@@ -190,6 +190,8 @@ class Diagnosis:
         end = ConnectionEnd(conn, "client" if side == "front" else "target", act.last_http_ns,
                             act.last[0] if act.last else None, outstanding)
         found = [f for f in (d(end) for d in CONNECTION_DETECTORS) if f is not None]
+        if any(f.kind == "tcp_keepalive_ignored" for f in found):  # a refinement replaces its base kind
+            found = [f for f in found if f.kind not in ("idle_timeout_close", "target_keepalive_close")]
         for f in found:
             self._add(f)
         if (found or act.failing) and len(self._conns) < MAX_KEPT_CONNECTIONS:

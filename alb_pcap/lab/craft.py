@@ -649,8 +649,7 @@ def idle_timeout_keepalive_probes() -> Crafted:
         probe_at = front.after(OPENER, answer.ts_us) + 10 * SECOND
     to_client, to_target = idle_close_both_sides(front, page, 60 * SECOND)
     findings = [
-        Finding("idle_timeout_close", to_client, "client", front.flow, None, None,
-                [last_data, to_client]),
+        # one event, one finding: the refinement replaces the idle close it refines
         Finding("tcp_keepalive_ignored", to_client, "client", front.flow, None, None,
                 [last_data, *probes, to_client]),
         Finding("idle_timeout_close", to_target, "target", None, page.back.flow, None,
