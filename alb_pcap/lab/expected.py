@@ -414,11 +414,10 @@ def idle_closes(logs: Logs, front: list[wire.Conn], back: list[wire.Conn], scena
 
 def _client_idle_close(conn: wire.Conn, close: tuple[float, str, str], idle: float) -> list[Finding]:
     common = {"client_flow": conn.flow, "closed_with": close[2], "idle_s": round(idle, 3)}
-    out = [finding("idle_timeout_close", close[0], "client", "capture", **common)]
     probes = conn.keepalive_probes.get(conn.opener, 0)
-    if probes:
-        out.append(finding("tcp_keepalive_ignored", close[0], "client", "capture", probes=probes, **common))
-    return out
+    if probes:  # one event, one finding: the refinement replaces the idle close it refines
+        return [finding("tcp_keepalive_ignored", close[0], "client", "capture", probes=probes, **common)]
+    return [finding("idle_timeout_close", close[0], "client", "capture", **common)]
 
 
 def client_keepalive_expiries(logs: Logs, front: list[wire.Conn], scenario: Scenario) -> list[Finding]:
