@@ -138,7 +138,7 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
         _request_ids(request), (ex.method, _uri_tail(ex.uri), ex.request_body_len), _fingerprint(request),
         _last_hop(request.get("x-forwarded-for")),
         _int(request.get("x-forwarded-port")), response.get("server"),
-        from_request(ex.request_headers), from_response(ex.response_headers, ex.status),
+        from_request(ex.request_headers, ex.request_start_ns), from_response(ex.response_headers, ex.status),
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,

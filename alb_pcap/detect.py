@@ -71,6 +71,8 @@ class Finding:
     recommendation: str
     exchange: tuple[int, int] | None = None
     """(conn_id, index) of the exchange it is about, to find its transaction; not exported."""
+    status_inferred: bool = False
+    """``status`` was not seen but follows from the proxy's documented behaviour (target side only)."""
 
 
 # -- timers ---------------------------------------------------------------------------

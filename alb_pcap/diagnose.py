@@ -56,7 +56,7 @@ from .detect import (
 )
 from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
-from .software import GENERIC, words
+from .software import ALB_ANSWERS, WORDS, words
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,9 +282,16 @@ class Diagnosis:
         """
         if not proxied:
             return replace(f, summary=_serverless(f.summary), recommendation=_serverless(f.recommendation))
-        w = words(self.roles.software_of(f.client_flow, f.target_flow))
+        software = self.roles.software_of(f.client_flow, f.target_flow)
         fix = _FIXES.get(f.kind)
-        return replace(f, recommendation=w[fix]) if fix and w is not GENERIC else f
+        if fix and software in WORDS:
+            f = replace(f, recommendation=WORDS[software][fix])
+        if software == "ALB" and f.client_flow is None and f.status is None and f.kind in ALB_ANSWERS:
+            status = ALB_ANSWERS[f.kind]
+            f = replace(f, status=status, status_inferred=True,
+                        summary=f"{f.summary} The client side is not in the capture; an ALB answers this with "
+                                f"{status} (inferred from its documented behaviour, not seen).")
+        return f
 
     def _subject(self, name: str, raw: str) -> str:
         if name.startswith("proxy_") or name == "client_keepalive_duration":
@@ -431,6 +438,7 @@ def finding_dict(f: Finding) -> dict:
     return {
         "kind": f.kind, "severity": f.severity, "ts": _sec(f.ts_ns), "side": f.side,
         "client_flow": f.client_flow, "target_flow": f.target_flow, "status": f.status,
+        "status_inferred": f.status_inferred,
         "summary": f.summary,
         "evidence": [{"frame": e.frame, "ts": _sec(e.ts_ns), "side": e.side, "what": e.what}
                      for e in f.evidence],

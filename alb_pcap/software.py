@@ -31,17 +31,33 @@ def from_response(headers: tuple[tuple[str, str], ...], status: int | None) -> s
     return next((name for prefix, name in SERVERS if server.startswith(prefix)), None)
 
 
-def from_request(headers: tuple[tuple[str, str], ...]) -> str | None:
+def from_request(headers: tuple[tuple[str, str], ...], ts_ns: int | None = None) -> str | None:
     """The proxy named by a request it sent to a target (back side)."""
     names = [name for name, _ in headers]
-    lowered = {n.lower() for n in names}
+    lowered = {n.lower(): v for n, v in headers}
     if any(n.startswith("x-envoy-") for n in lowered):
         return "Envoy"
     if "x-forwarded-server" in lowered:
         return "Apache"
     if len(names) >= 2 and all(n.islower() for n in names):
         return "HAProxy"
+    if "x-forwarded-for" in lowered and _alb_trace(lowered.get("x-amzn-trace-id"), ts_ns):
+        return "ALB"
     return None
+
+
+def _alb_trace(value: str | None, ts_ns: int | None) -> bool:
+    """An ALB's trace id: ``Root=1-<request time, 8 hex digits>-<24 hex digits>``."""
+    if not value or ts_ns is None:
+        return False
+    root = next((p.strip()[5:] for p in value.split(";") if p.strip().lower().startswith("root=")), "")
+    parts = root.split("-")
+    if len(parts) != 3 or parts[0] != "1" or len(parts[1]) != 8 or len(parts[2]) != 24:
+        return False
+    try:
+        return abs(int(parts[1], 16) - ts_ns // 1_000_000_000) < 86_400
+    except ValueError:
+        return False
 
 
 class Hints:
@@ -144,6 +160,11 @@ WORDS = {
         "fix_timeout": "Make the target answer within the route's timeout, or raise it.",
     },
 }
+
+
+# What an ALB answers the client, by the kind of failure (its documentation, the seed KB article).
+ALB_ANSWERS = {"keepalive_race": 502, "target_reset": 502, "gateway_timeout": 504, "client_abort": 460,
+               "target_connect_refused": 502, "target_connect_timeout": 504}
 
 
 def words(software: str | None) -> dict[str, str]:

@@ -52,3 +52,18 @@ def shift(src: Path, dst: Path, seconds: float) -> Path:
         for ts, buf in reader:
             writer.writepkt(buf, ts + seconds)
     return dst
+
+
+def only_host(src: Path, dst: Path, host: str) -> Path:
+    """The packets to or from ``host``: what a mirror session on that instance alone would hold."""
+    import socket
+
+    packed = socket.inet_aton(host)
+    opener = gzip.open if src.suffix == ".gz" else open
+    with opener(src, "rb") as f, open(dst, "wb") as out:
+        reader = dpkt.pcap.Reader(f)
+        writer = dpkt.pcap.Writer(out, snaplen=reader.snaplen, linktype=reader.datalink())
+        for ts, buf in reader:
+            if packed in buf[:80]:  # an IPv4 header of an untunnelled Ethernet frame holds both addresses
+                writer.writepkt(buf, ts)
+    return dst

@@ -39,3 +39,18 @@ def test_real_proxies_are_named_and_advised_in_their_own_settings(capture, softw
     assert [p.software for p in result.proxies] == [software]
     fixes = {f.recommendation for f in result.findings if f.kind in ("keepalive_race", "gateway_timeout")}
     assert fixes and all(words(software)["proxy"] in fix for fix in fixes)
+
+
+def test_alb_target_side_only_infers_what_the_client_got(tmp_path):
+    """Traffic Mirroring on the target instance alone: the ALB's 502 is inferred, and says so."""
+    from .rewrite import only_host
+
+    source = SAMPLES / "alb-keepalive-race.pcap"
+    if not source.exists():
+        pytest.skip("no crafted ALB captures")
+    target_side = only_host(source, tmp_path / "target.pcap", "198.18.3.11")
+    result = diagnose(target_side)
+    (race,) = [f for f in result.findings if f.kind == "keepalive_race"]
+    assert (race.client_flow, race.status, race.status_inferred) == (None, 502, True)
+    assert "inferred" in race.summary
+    assert [p.software for p in result.proxies] == ["ALB"]
