@@ -573,11 +573,19 @@ def same_request(front: ExchangeRef, back: ExchangeRef) -> bool:
     return similarity(front.fingerprint, back.fingerprint) >= MIN_SIMILARITY
 
 
-def how_paired(key: tuple, ref: ExchangeRef) -> str:
+def how_paired(key: tuple, ref: ExchangeRef, ambiguous: bool = False) -> str:
     if key[0] == "id":
         name = next((n for n, v in ref.request_ids if v == key[1]), "request id")
         return f"header {name}"
-    return "x-forwarded-for" if key[0] == "xff" else "content"
+    if key[0] == "xff":
+        return "x-forwarded-for"
+    return "content (ambiguous)" if ambiguous else "content"
+
+
+def _ambiguous(front: ExchangeRef, backs: list[ExchangeRef]) -> bool:
+    """Two candidates that carry the client's headers equally well: the pick was by time alone."""
+    scores = sorted((similarity(front.fingerprint, b.fingerprint) for b in backs), reverse=True)
+    return len(scores) > 1 and scores[0] == scores[1]
 
 
 def causal(front: ExchangeRef, back: ExchangeRef, window_ns: int) -> bool:
@@ -685,9 +693,9 @@ class Correlator:
         self._where[ref.key] = tx
         keys = self._usable(ref, _front_keys(ref), True)
         for key in keys:  # strongest key first; the first that pairs decides
-            backs = self._take_backs(key, ref)
+            backs, ambiguous = self._take_backs(key, ref)
             for back in backs:
-                self._attach(tx, back, how_paired(key, ref))
+                self._attach(tx, back, how_paired(key, ref, ambiguous))
             if backs:
                 break
         if not tx.backs:  # its back may still come (merged captures, a proxy still waiting)
@@ -725,7 +733,8 @@ class Correlator:
             self._close(previous)
         self._settling[tx.front.conn_id] = tx
 
-    def _take_backs(self, key: tuple, front: ExchangeRef) -> list[ExchangeRef]:
+    def _take_backs(self, key: tuple, front: ExchangeRef) -> tuple[list[ExchangeRef], bool]:
+        """The back exchange(s) this front caused, and whether content alone could not tell."""
         waiting = _pending(self._backs, key, lambda b: b.key in self._unclaimed)
         matches = [b for b in waiting if causal(front, b, self.window_ns)]
         if key[0] == "req":
@@ -734,14 +743,14 @@ class Correlator:
         if len(answered) > 1:  # same request, overlapping: keep the likeliest
             best = min(answered, key=lambda b: _distance(front, b))
             matches = [b for b in matches if not b.answered or b is best]
-        return matches
+        return matches, key[0] == "req" and _ambiguous(front, answered)
 
     def _add_back(self, ref: ExchangeRef) -> None:
         keys = self._usable(ref, _back_keys(ref), False)
         for key in keys:
-            tx = self._best_front(key, ref)
+            tx, ambiguous = self._best_front(key, ref)
             if tx is not None:
-                self._attach(tx, ref, how_paired(key, ref))
+                self._attach(tx, ref, how_paired(key, ref, ambiguous))
                 return
         self._where[ref.key] = None
         self._unclaimed[ref.key] = ref
@@ -750,16 +759,18 @@ class Correlator:
         # the queue holds only the key: a claimed back must not stay alive until its deadline
         self._push(ref.last_ns + (self.window_ns if ref.interesting else self.settle_ns), ref.key)
 
-    def _best_front(self, key: tuple, back: ExchangeRef) -> _Tx | None:
+    def _best_front(self, key: tuple, back: ExchangeRef) -> tuple[_Tx | None, bool]:
         def free(tx: _Tx) -> bool:  # one answered back per front; failed tries may precede it
             return not tx.done and not (back.answered and any(b.answered for b in tx.backs))
 
         waiting = _pending(self._fronts, key, _alive_front)
         candidates = [tx for tx in waiting if free(tx) and causal(tx.front, back, self.window_ns)]
-        if key[0] == "req":
-            candidates = [tx for tx in candidates
-                          if same_request(tx.front, back) and self.roles.may_pair(tx.front, back)]
-        return min(candidates, key=lambda tx: _distance(tx.front, back), default=None)
+        if key[0] != "req":
+            return min(candidates, key=lambda tx: _distance(tx.front, back), default=None), False
+        candidates = [tx for tx in candidates if same_request(tx.front, back) and self.roles.may_pair(tx.front, back)]
+        best = min(candidates, key=lambda tx: _distance(tx.front, back), default=None)
+        rivals = [tx.front for tx in candidates]
+        return best, len(rivals) > 1 and _ambiguous(back, rivals)
 
     def _attach(self, tx: _Tx, back: ExchangeRef, how: str) -> None:
         tx.backs.append(back)

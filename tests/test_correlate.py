@@ -231,8 +231,9 @@ def test_identical_concurrent_requests_pair_one_to_one():
                   (make_exchange(conn_id=4, start=0.0021, duration=0.02, headers=UA), other_back),
                   (make_exchange(conn_id=1, start=0.0, duration=0.03, headers=UA), CLIENT_FLOW),
                   (make_exchange(conn_id=2, start=0.001, duration=0.03, headers=UA), OTHER_CLIENT_FLOW))
-    counts = c.finish().counts
-    assert counts.paired == 2 and counts.unpaired_back == 0 and counts.unpaired_front == 0
+    result = c.finish()
+    assert result.counts.paired == 2 and result.counts.unpaired_back == 0 and result.counts.unpaired_front == 0
+    assert "content (ambiguous)" in dict(result.proxies[0].paired_by)  # the same request twice: by time
 
 
 def test_roles_found_from_behaviour_alone():
