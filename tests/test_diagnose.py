@@ -122,7 +122,50 @@ CAPTURES = sorted(p for p in SAMPLES.glob("*.pcap") if p.with_suffix(".expected.
 # Lab captures the analysis does not yet get right: proxies in their default header configuration
 # (no X-Forwarded-For, no request id), where client and target sides must be paired without help.
 # Scored by test_pending_headerless_capture; strict, so a capture that starts passing must leave the set.
-PENDING_HEADERLESS = {
+PENDING_HEADERLESS: set[str] = set([
+    # none left with the analysis of this tree; add "<scenario>-<proxy>-noxff.pcap" lines here
+])
+# Apache and Caddy with forwarding headers: Apache answers its ProxyTimeout with 502, which the analysis
+# does not yet call a gateway timeout (issue 7, "a finding's kind follows the wire").
+PENDING_NEW_PROXIES = {
+    "mixed-apache.pcap",
+}
+# One side only (the .front/.back files) of the Apache, Caddy and -noxff lab runs (issue 7, "the captures
+# users really have"); scored by test_pending_one_side, strict like the sets above.
+PENDING_ONE_SIDE = {
+    ("client-abort-apache", "back"),
+    ("client-abort-apache-noxff", "back"),
+    ("client-abort-caddy", "back"),
+    ("client-abort-caddy-noxff", "back"),
+    ("client-abort-haproxy-noxff", "back"),
+    ("client-abort-nginx-noxff", "back"),
+    ("keepalive-race-apache-noxff", "back"),
+    ("keepalive-race-caddy", "front"),
+    ("keepalive-race-caddy-noxff", "back"),
+    ("keepalive-race-caddy-noxff", "front"),
+    ("keepalive-race-haproxy-noxff", "back"),
+    ("keepalive-race-nginx-noxff", "back"),
+    ("keepalive-race-nginx-noxff", "front"),
+    ("mixed-apache", "back"),
+    ("mixed-apache-noxff", "back"),
+    ("mixed-caddy-noxff", "back"),
+    ("mixed-haproxy-noxff", "back"),
+    ("mixed-nginx-noxff", "back"),
+    ("proxy-idle-timeout-caddy-noxff", "back"),
+    ("proxy-idle-timeout-haproxy-noxff", "back"),
+    ("proxy-idle-timeout-nginx-noxff", "back"),
+    ("slow-target-504-apache", "front"),
+    ("slow-target-504-apache-noxff", "back"),
+    ("slow-target-504-apache-noxff", "front"),
+    ("slow-target-504-caddy-noxff", "back"),
+    ("slow-target-504-haproxy-noxff", "back"),
+    ("slow-target-504-nginx-noxff", "back"),
+    ("target-close-502-apache-noxff", "back"),
+    ("target-close-502-caddy-noxff", "back"),
+    ("target-close-502-haproxy-noxff", "back"),
+    ("target-close-502-nginx-noxff", "back"),
+    ("tcp-keepalive-idle-caddy-noxff", "back"),
+    ("tcp-keepalive-idle-nginx-noxff", "back"),
 }
 
 
@@ -152,7 +195,7 @@ def test_sample_captures_precision_and_recall():
     Achieved: precision 1.0 and recall 1.0 on each capture (59 findings over 31 captures).
     """
     totals = [0, 0, 0]
-    for path in (p for p in CAPTURES if p.name not in PENDING_HEADERLESS):
+    for path in (p for p in CAPTURES if p.name not in PENDING_HEADERLESS | PENDING_NEW_PROXIES):
         s = score(diagnose(path), expected(path))
         report(path.name, s)
         totals = [totals[0] + s.expected, totals[1] + s.found, totals[2] + s.matched]
@@ -163,6 +206,9 @@ def test_sample_captures_precision_and_recall():
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="issue 7: pairing without forwarding headers"))
     for name in sorted(PENDING_HEADERLESS)
+] + [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="issue 7: Apache answers its timeout with 502"))
+    for name in sorted(PENDING_NEW_PROXIES)
 ])
 def test_pending_headerless_capture(name):
     path = SAMPLES / name
@@ -201,12 +247,23 @@ def test_one_side_only(side):
         pytest.skip("no one-side captures")
     for path in paths:
         stem = path.name.split(".")[0]
-        if f"{stem}.pcap" in PENDING_HEADERLESS:
-            continue  # both sides together are not right yet (above)
+        if (stem, side) in PENDING_ONE_SIDE:
+            continue  # scored by test_pending_one_side
         s = score(diagnose(path), one_side(expected(path), side))
         report(path.name, s)
         assert s.precision == 1.0, path.name
         assert s.expected - s.matched == ONE_SIDE_BLIND.get((stem, side), 0), path.name
+
+
+@pytest.mark.parametrize(("stem", "side"), [
+    pytest.param(stem, side, marks=pytest.mark.xfail(strict=True, reason="issue 7: one side only, new proxies"))
+    for stem, side in sorted(PENDING_ONE_SIDE)
+])
+def test_pending_one_side(stem, side):
+    path = SAMPLES / f"{stem}.{side}.pcap.gz"
+    s = score(diagnose(path), one_side(expected(path), side))
+    report(path.name, s)
+    assert s.precision == 1.0 and s.expected - s.matched == ONE_SIDE_BLIND.get((stem, side), 0), path.name
 
 
 @pytest.mark.skipif(not (SAMPLES / "alb-keepalive-race.pcap").exists(), reason="no crafted ALB captures")
@@ -236,7 +293,8 @@ def test_sample_front_and_back_files_read_together():
 # -- the same lab runs as the proxies' default configuration would have sent them ---------------
 
 LAB_RUNS = sorted(p for p in SAMPLES.glob("*-*.pcap") if not p.name.startswith("alb-")
-                  and p.name.count(".") == 1 and (SAMPLES / f"{p.stem}.expected.json").exists())
+                  and p.name.count(".") == 1 and (SAMPLES / f"{p.stem}.expected.json").exists()
+                  and p.name not in PENDING_HEADERLESS | PENDING_NEW_PROXIES)
 
 
 @pytest.mark.parametrize("variant", [

@@ -183,5 +183,18 @@ def _write_outputs(scenario: Scenario, stem: str, run_dir: Path, out_dir: Path,
         with open(run_dir / f"{side}.pcap", "rb") as src, gzip.open(out_dir / f"{stem}.{side}.pcap.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
     expected_path = out_dir / f"{stem}.expected.json"
-    expected_path.write_text(json.dumps(truth, indent=2) + "\n")
+    expected_path.write_text(dumps_expected(truth))
     return RunResult(capture, expected_path, truth, expected.missing(scenario, truth))
+
+
+LOG_KEYS = ("proxy_log", "target_log", "client_log")
+
+
+def dumps_expected(truth: dict[str, Any]) -> str:
+    """Indented JSON, except the logs: one compact record per line (a third of the size)."""
+    head = json.dumps({k: v for k, v in truth.items() if k not in LOG_KEYS}, indent=2)
+    logs = [
+        f'  "{key}": [' + (",".join("\n    " + json.dumps(r) for r in truth[key]) + "\n  ]" if truth[key] else "]")
+        for key in LOG_KEYS if key in truth
+    ]
+    return head[:-2] + "".join(",\n" + log for log in logs) + "\n}\n" if logs else head + "\n"
