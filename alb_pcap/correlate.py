@@ -427,17 +427,21 @@ class Roles:
     def _software(self, listeners: tuple[str, ...], back_addresses: tuple[str, ...]) -> str | None:
         return self.hints.name(tuple(f"ep:{e}" for e in listeners) + tuple(f"ip:{i}" for i in back_addresses))
 
+    def proxy_of_flows(self, client_flow: str | None, target_flow: str | None) -> Proxy | None:
+        """The proxy carrying these flows, if known."""
+        number = next((self.proxy_of[k] for k in self._flow_keys(client_flow, target_flow) if k in self.proxy_of),
+                      None)
+        return None if number is None else self._proxies_by_number()[number]
+
     def software_of(self, client_flow: str | None, target_flow: str | None) -> str | None:
         """The software of the proxy carrying these flows, if the wire told."""
-        keys = []
-        if client_flow:
-            keys.append(f"ep:{split_flow(client_flow)[1]}")
-        if target_flow:
-            keys.append(f"ip:{host_of(split_flow(target_flow)[0])}")
-        number = next((self.proxy_of[k] for k in keys if k in self.proxy_of), None)
-        if number is not None:
-            return self._proxies_by_number()[number].software
-        return self.hints.name(tuple(keys))
+        proxy = self.proxy_of_flows(client_flow, target_flow)
+        return proxy.software if proxy else self.hints.name(self._flow_keys(client_flow, target_flow))
+
+    @staticmethod
+    def _flow_keys(client_flow: str | None, target_flow: str | None) -> tuple[str, ...]:
+        keys = (f"ep:{split_flow(client_flow)[1]}",) if client_flow else ()
+        return keys + ((f"ip:{host_of(split_flow(target_flow)[0])}",) if target_flow else ())
 
     def _proxies_by_number(self) -> dict[int, Proxy]:
         out = {}

@@ -185,7 +185,7 @@ class Diagnosis:
             self._advance(conn.end_ns)
             return
         side = self._conn_side(conn, act)
-        outstanding = self._cut(conn, act)
+        outstanding = self._cut(conn, act, side)
         self.correlator.release(conn.id)
         end = ConnectionEnd(conn, "client" if side == "front" else "target", act.last_http_ns,
                             act.last[0] if act.last else None, outstanding)
@@ -226,7 +226,7 @@ class Diagnosis:
         return DiagnosisResult(
             proxies=proxies, transactions=correlation.transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
-            verdict=verdict(timers, self._kinds, correlation, self.roles), counts=correlation.counts,
+            verdict=verdict(timers, self._kinds, correlation, self.roles, findings), counts=correlation.counts,
             connections=tuple(self._conns), connect_failures=connect.addresses,
         )
 
@@ -236,12 +236,12 @@ class Diagnosis:
         opener, acceptor = split_flow(conn.flow)
         return self.roles.conn_side(opener, acceptor) or act.side
 
-    def _cut(self, conn: Connection, act: _Activity) -> bool:
+    def _cut(self, conn: Connection, act: _Activity, side: str) -> bool:
         """Tell the correlator which exchanges the first FIN/RST cut; True if any."""
         close = conn.first_close
         if close is None:
             return False
-        if close.by == ORIG and conn.resp_bytes and not act.answered:
+        if side == "front" and close.by == ORIG and conn.resp_bytes and not act.answered:
             return False  # the server sent bytes but never an HTTP response: leaving it is no abort
         entries = {ref.key: (ref, before) for ref, before in act.failing}
         if act.last:
@@ -351,9 +351,21 @@ def _observe_transactions(findings: list[Finding], txs: tuple[Transaction, ...],
 # -- verdict --------------------------------------------------------------------------------
 
 
-def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, roles: Roles) -> tuple[str, ...]:
-    lines = _alignment_lines(timers, roles, kinds["keepalive_race"]) + _kind_lines(kinds, timers)
-    if not any(kinds[k] for k in ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + CONNECT_KINDS):
+def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, roles: Roles,
+            findings: tuple[Finding, ...] = ()) -> tuple[str, ...]:
+    """One line per misaligned timer, then what failed: per proxy when the capture holds several."""
+    lines = _alignment_lines(timers, roles, kinds["keepalive_race"])
+    proxies = roles.proxies()
+    if len(proxies) > 1:
+        for proxy in proxies:
+            mine = Counter(f.kind for f in findings
+                           if (p := roles.proxy_of_flows(f.client_flow, f.target_flow)) and p.name == proxy.name)
+            name = f"{proxy.software} {proxy.name}" if proxy.software else f"proxy {proxy.name}"
+            lines += [f"{name}: {line}" for line in _kind_lines(mine, timers)]
+    else:
+        lines += _kind_lines(kinds, timers)
+    failures = ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + CONNECT_KINDS
+    if not any(kinds[k] for k in failures):
         c = correlation.counts
         lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
                      "client <-> target)")
