@@ -48,6 +48,8 @@ PROXY_STATUSES = frozenset({408, 460, 499, 502, 503, 504})
 # Different captures of one incident are merged by timestamp; allow them to
 # disagree by this much when checking causality.
 SKEW_NS = 50_000_000
+CLOCK_RESIDUE_NS = 5_000_000
+"""What is left of two captures' clock offset once measured (``clocks.py``): a proxy's forwarding time."""
 
 
 # -- flows ---------------------------------------------------------------------
@@ -513,10 +515,15 @@ class RoleFinder:
             return False
         same_host = host_of(outer.acceptor) == host_of(inner.opener)
         lag = inner.request_start_ns - (outer.request_end_ns or outer.request_start_ns)
-        if inner.request_start_ns <= outer.request_start_ns:  # a proxy cannot forward what it has not got
+        ahead = inner.request_start_ns - outer.request_start_ns
+        answers = (outer.response_start_ns, inner.response_start_ns)
+        if abs(ahead) < CLOCK_RESIDUE_NS and None not in answers and abs(answers[0] - answers[1]) <= SKEW_NS:
+            # two captures' clocks agree only this well: an answer the proxy relayed comes last
+            return answers[1] <= answers[0]
+        if ahead <= 0:  # a proxy cannot forward what it has not got
             return False
-        # No rule on the responses: when it fails, the proxy answers the client (a 504, Caddy's
-        # empty 200 to a client that left) before the target answers it.
+        # No rule on the responses otherwise: when it fails, the proxy answers the client (a 504,
+        # Caddy's empty 200 to a client that left) before the target answers it.
         return lag <= (self.SAME_HOST_LAG_NS if same_host else self.OTHER_HOST_LAG_NS) + SKEW_NS
 
     def _vote(self, outer: ExchangeRef, inner: ExchangeRef) -> None:
