@@ -16,6 +16,20 @@ captured a little before the data they acknowledge when several ENIs are
 mirrored, so an acknowledged hole is only declared once it is
 ``REORDER_WINDOW_NS`` old. After a gap the stream resumes.
 
+Two mirror sources feeding one capture (ingress and egress, say) can also put a
+segment *ahead of the other direction's bytes it answers*: a response captured
+a few microseconds before its request. TCP says so itself: the segment's ACK
+acknowledges bytes of the other direction that have not been delivered yet. Such
+a segment (data, FIN or RST; pure ACKs need no help) is held back, with the rest
+of its direction behind it, until the other direction's stream catches up with
+its ACK, and then delivered after those bytes (anomaly
+``reordered_across_directions``). The hold is bounded: ``HOLD_SEGMENTS`` per
+connection, ``HOLD_NS`` of capture time. When the acknowledged bytes never come
+(a capture loss), they become a gap of the other direction and the held segments
+follow it. Nothing is held when the other direction has never been seen (one-sided
+captures), nor when its ACK is implausibly far ahead, nor on a connection whose
+holds keep expiring.
+
 The summary uses Zeek's vocabulary (``history`` letters and ``conn_state``,
 derived from the two endpoint states the way ``conn/main.zeek`` does) so users
 can compare with Zeek's conn.log.
@@ -44,6 +58,10 @@ REORDER_WINDOW_NS = 5_000_000  # 5 ms
 LINGER_NS = 1_000_000_000  # a closed connection keeps absorbing stray segments this long
 MAX_BUFFERED = 1 << 20  # out-of-order bytes kept per direction before declaring a gap
 MAX_PROBES_KEPT = 64
+HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of the other direction waits
+HOLD_SEGMENTS = 8  # segments held per connection at most
+HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
+HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 
 # Zeek endpoint states (TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -109,6 +127,7 @@ class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
         "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
+        "held", "held_dir", "held_until", "hold_expired",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -128,6 +147,10 @@ class _Conn:
         self.rst: Close | None = None
         self.vni = pkt.vni
         self.closed_at: int | None = None
+        self.held: list[Packet] | None = None  # segments waiting for the other direction's bytes
+        self.held_dir = ORIG  # the direction they were sent in
+        self.held_until = 0  # capture time at which they stop waiting
+        self.hold_expired = 0  # holds whose bytes never came
 
     @property
     def flow(self) -> str:
@@ -197,6 +220,8 @@ class TcpTracker:
         self._lingering: dict[int, _Conn] = {}  # id -> closed connection, oldest first
         self._next_id = 1
         self._next_sweep = 0
+        self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
+        self._releasing = False
         self.connections_seen = 0
 
     @property
@@ -272,8 +297,15 @@ class TcpTracker:
         # connection, so every rarer case is behind one cheap test.
         half = conn.half[direction]
         peer = conn.half[1 - direction]
-        half.pkts += 1
         flags = pkt.flags
+        acked = 0
+        if flags & TH_ACK and peer.next_seq is not None:
+            acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF
+            if acked > 0:  # acknowledges bytes of the other direction not seen yet (rare)
+                if self._held_back(conn, direction, peer, pkt, acked):
+                    return  # wait for them
+                acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
+        half.pkts += 1
         size = len(pkt.payload) + pkt.missing
         control = flags & _CONTROL
         if control or pkt.win == 0 or ("d" if size else "a") not in half.letters:
@@ -285,13 +317,11 @@ class TcpTracker:
             return
         if half.next_seq is None:
             half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
-        if flags & TH_ACK and peer.next_seq is not None:
-            acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF
-            if acked > 0:
-                if not peer.ended:
-                    self._peer_ack(peer, pkt)
-                elif peer.fin_off is not None and peer.next_off + acked > peer.fin_off:
-                    peer.fin_acked = True
+        if acked > 0:
+            if not peer.ended:
+                self._peer_ack(peer, pkt)
+            elif peer.fin_off is not None and peer.next_off + acked > peer.fin_off:
+                peer.fin_acked = True
         if flags & TH_RST:
             self._reset(conn, direction, pkt)
             return
@@ -309,6 +339,109 @@ class TcpTracker:
             self._fin(conn, direction, half, pkt, off + size)
         if half.hole_ack_off is not None or peer.hole_ack_off is not None:
             self._expire_holes(conn, pkt)
+        if conn.held is not None:
+            self._release_ready(conn, pkt)
+
+    # -- segments captured ahead of the bytes they acknowledge ----------------------------------
+
+    def _held_back(self, conn: _Conn, direction: int, peer: _Half, pkt: Packet, acked: int) -> bool:
+        """Hold ``pkt``: its ACK is ``acked`` bytes past what the other direction has delivered."""
+        if self._releasing:
+            return False
+        held = conn.held
+        if held is not None:
+            if pkt.ts_ns >= conn.held_until:  # their time is up before this segment's: the bytes
+                self._release(conn, expired=True)  # they wait for are lost; decide afresh
+                acked = _seq_diff(pkt.ack, peer.next_seq)
+                if acked <= 0:
+                    return False
+            elif conn.held_dir != direction:
+                return False  # this is the direction the held segments wait for
+            elif len(held) >= HOLD_SEGMENTS:  # that many segments past the bytes: they are lost
+                self._release(conn, expired=True)
+                return False
+            else:
+                held.append(pkt)  # the rest of the direction queues behind, in order
+                return True
+        flags = pkt.flags
+        if (flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST))
+                or peer.ended or acked > HOLD_MAX_AHEAD or conn.hold_expired >= HOLD_GIVE_UP):
+            return False  # a pure ACK waits for nothing; the existing hole logic covers it
+        self._set_held(conn, direction, [pkt])
+        return True
+
+    def _set_held(self, conn: _Conn, direction: int, held: list[Packet] | None) -> None:
+        if held:
+            conn.held, conn.held_dir = held, direction
+            conn.held_until = held[0].ts_ns + HOLD_NS
+            self._holding[conn.id] = conn
+            if conn.held_until < self._next_sweep:  # the sweep doubles as the hold timer
+                self._next_sweep = conn.held_until
+        else:
+            conn.held = None
+            self._holding.pop(conn.id, None)
+
+    @staticmethod
+    def _ahead(peer: _Half, pkt: Packet) -> int:
+        """How far ``pkt`` acknowledges past ``peer``'s delivered stream (a FIN counts no byte)."""
+        if peer.ended:
+            return 0
+        rel = _seq_diff(pkt.ack, peer.next_seq)
+        if peer.fin_off is not None and rel > peer.fin_off - peer.next_off:
+            rel = peer.fin_off - peer.next_off
+        return rel
+
+    def _release_ready(self, conn: _Conn, trigger: Packet) -> None:
+        """Deliver the held segments whose acknowledged bytes have now been delivered."""
+        if self._releasing:
+            return  # the outer release looks again once its segments are in
+        while conn.held is not None:
+            held, direction = conn.held, conn.held_dir
+            peer = conn.half[1 - direction]
+            n = 0
+            while n < len(held) and self._ahead(peer, held[n]) <= 0:
+                n += 1
+            if not n:
+                return
+            first = held[0]
+            self._set_held(conn, direction, held[n:])
+            self.anomalies.add(
+                "reordered_across_directions", first.frame, first.ts_ns, conn.flow,
+                f"captured {(trigger.ts_ns - first.ts_ns) / 1000:.0f} us before frame {trigger.frame} "
+                f"whose bytes it acknowledges; {n} segment(s) delivered after them")
+            # delivered at the time of the bytes they answer (their frame numbers stay): the order
+            # the endpoints saw, so no response starts before its request
+            ts = trigger.ts_ns
+            self._replay(conn, direction, [p if p.ts_ns >= ts else p._replace(ts_ns=ts) for p in held[:n]],
+                         None)
+
+    def _release(self, conn: _Conn, expired: bool) -> None:
+        """The held segments stop waiting: the bytes they acknowledge are a gap, then they follow."""
+        held, direction = conn.held, conn.held_dir
+        self._set_held(conn, direction, None)
+        if expired:
+            conn.hold_expired += 1
+        self._replay(conn, direction, held, conn.half[1 - direction])
+
+    def _replay(self, conn: _Conn, direction: int, held: list[Packet], lost: _Half | None) -> None:
+        was, self._releasing = self._releasing, True
+        try:
+            for pkt in held:
+                if lost is not None:
+                    self._skip_acknowledged(conn, 1 - direction, lost, pkt)
+                self._segment(conn, direction, pkt)
+        finally:
+            self._releasing = was
+
+    def _skip_acknowledged(self, conn: _Conn, direction: int, half: _Half, pkt: Packet) -> None:
+        """What ``pkt`` acknowledges of ``half`` and was never captured becomes a gap now."""
+        for _ in range(8):  # each pass moves the stream on; a few suffice
+            if self._ahead(half, pkt) <= 0:
+                return
+            self._peer_ack(half, pkt)
+            if half.hole_ack_off is None:
+                return
+            self._skip_hole(conn, direction, half, pkt.ts_ns, pkt.frame)
 
     def _history(self, conn: _Conn, direction: int, flags: int, size: int, pkt: Packet) -> None:
         if flags & TH_SYN:
@@ -453,6 +586,8 @@ class TcpTracker:
 
     def _expire_holes(self, conn: _Conn, pkt: Packet) -> None:
         for direction, half in enumerate(conn.half):
+            if conn.held is not None and direction == conn.held_dir:
+                continue  # the held segments may be what fills it
             if half.hole_ack_off is not None and pkt.ts_ns - half.hole_since >= REORDER_WINDOW_NS:
                 self._skip_hole(conn, direction, half, pkt.ts_ns, pkt.frame)
 
@@ -480,6 +615,8 @@ class TcpTracker:
     def _reset(self, conn: _Conn, direction: int, pkt: Packet) -> None:
         if conn.rst is not None:
             return
+        if conn.held is not None and conn.held_dir != direction:
+            self._release(conn, expired=False)  # captured before this RST, which ends the wait
         close = self._close_record(conn, direction, "rst", pkt)
         conn.rst = close
         if conn.first_close is None:
@@ -508,6 +645,12 @@ class TcpTracker:
 
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
+        if self._holding:
+            for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
+                self._release(conn, expired=True)
+            for conn in self._holding.values():
+                if conn.held_until < self._next_sweep:
+                    self._next_sweep = conn.held_until
         while self._lingering:
             conn = next(iter(self._lingering.values()))
             if now_ns - conn.closed_at < LINGER_NS:
@@ -530,6 +673,8 @@ class TcpTracker:
         # Mark it closed before ending its streams: ending a stream can drain a buffered FIN
         # (_maybe_end), which would otherwise put the connection back in the linger set for
         # the sweep to finalize a second time. The linger entry goes after the streams end.
+        if conn.held is not None:  # before anything ends: held segments still belong to the streams
+            self._release(conn, expired=False)
         if conn.closed_at is None:
             conn.closed_at = ts_ns
         for direction in (ORIG, RESP):

@@ -131,10 +131,6 @@ DELIBERATE_HISTORY: dict[str, tuple[str, str]] = {
         "The trace holds every segment twice within microseconds, exactly what a mirror of both "
         "ends produces; alb-pcap drops and counts the copies (113 duplicates) where Zeek reads "
         "them as retransmissions (T, t).", "ShADadfR"),
-    "tcp-miss-end-data": (
-        "alb-pcap waits 5 ms (REORDER_WINDOW_NS) before calling an acknowledged hole a gap, since "
-        "mirrored ENIs can deliver an ACK before the data it acknowledges; the g letter therefore "
-        "lands after the originator's FIN.", "ShADafFg"),
     "tcp-rxmit-rst": (
         "Headers-only capture: alb-pcap counts a gap per truncated segment (each snap-length cut is "
         "a known hole), so the logarithmic g repeats at 10; Zeek counts fewer gap events.",

@@ -69,11 +69,60 @@ def test_segmentation_duplicates_and_reordering_do_not_change_exchanges(mss, rnd
     assert exchanges(packets) == EXPECTED
 
 
-def test_a_response_captured_before_its_request_is_not_paired():
-    """Known limit: reordering *across* directions (a response segment captured before the
-    request it answers, as two mirror sources can deliver) is not undone; the exchange comes
-    out split. Real Traffic Mirroring of one ENI keeps both directions in order."""
+def _data_runs(packets: list) -> list[list[int]]:
+    """Frames of each message's data segments, in order: request, response, request, ..."""
+    runs, prev = [], None
+    for p in packets:
+        if p.payload:
+            if p.sport != prev:
+                runs.append([])
+            runs[-1].append(p.frame)
+            prev = p.sport
+    return runs
+
+
+def _response_ahead_of_request(packets: list, k: int, into: int = -1) -> list:
+    """The k-th response's first segment captured a microsecond before a segment of the k-th
+    request (the last by default), as a second mirror source can deliver it."""
+    runs = _data_runs(sorted(packets, key=lambda p: p.frame))
+    request, response = runs[2 * k], runs[2 * k + 1]
+    target = request[into % len(request)]
+    packets = list(packets)
+    moved = packets.pop(next(i for i, p in enumerate(packets) if p.frame == response[0]))
+    j = next(i for i, p in enumerate(packets) if p.frame == target)
+    packets.insert(j, moved._replace(ts_ns=packets[j].ts_ns - 1_000))
+    return packets
+
+
+def test_a_response_captured_before_its_request_is_paired_with_it():
+    """Two mirror sources (ingress and egress) feeding one capture can put a response segment a
+    few microseconds before the request it answers; its ACK says so, and the TCP stage delivers
+    it after the request."""
+    packets = _response_ahead_of_request(conversation(1460), 0)
+    assert exchanges(packets) == EXPECTED
+
+
+def test_every_response_captured_before_its_request():
     packets = conversation(1460)
-    first_request = next(i for i, p in enumerate(packets) if p.payload)
-    packets.insert(first_request, packets.pop(first_request + 1))
-    assert exchanges(packets)[0][:3] == (None, None, 200)
+    for k in range(len(REQUESTS)):
+        packets = _response_ahead_of_request(packets, k)
+    summary = Summary()
+    sink = Collected()
+    tracker = TcpTracker(_HttpStage([sink], summary), summary.anomalies)
+    for p in packets:
+        tracker.feed(p)
+    tracker.finish()
+    assert [(e.method, e.uri, e.status, e.ended) for e, _ in sink.exchanges] == [
+        (m, u, s, end) for m, u, s, _, _, end in EXPECTED]
+    assert all(e.response_start_ns >= e.request_end_ns for e, _ in sink.exchanges)
+    assert summary.anomalies.counts["reordered_across_directions"] == 3
+    assert "unmatched_HTTP_reply" not in summary.anomalies.counts
+
+
+@settings(deadline=None)
+@given(st.integers(1, 200), st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1 << 16)), max_size=3))
+def test_reordering_across_directions_does_not_change_exchanges(mss, moves):
+    packets = conversation(mss)
+    for k, into in moves:
+        packets = _response_ahead_of_request(packets, k, into)
+    assert exchanges(packets) == EXPECTED
