@@ -8,10 +8,8 @@ from dataclasses import replace
 from datetime import datetime
 
 import click
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from . import __version__, export, pipeline, report
+from . import __version__, export, pipeline
 from .detect import KINDS
 from .diagnose import Diagnosis, DiagnosisResult, narrow, result_dict, score
 from .model import CaptureError
@@ -25,7 +23,23 @@ class _Guarded(click.Group):
     """The last resort: a bug met on some capture is one line and a non-zero exit, never a traceback.
 
     ``ALB_PCAP_DEBUG=1`` lets the exception through, traceback and all, for developers.
+
+    ``lab`` is loaded only when asked for (or listed by ``--help``): it brings scapy, half a
+    second of start-up that ``analyze`` must not pay.
     """
+
+    LAZY = {"lab": ("alb_pcap.lab.cli", "lab")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY and name not in self.commands:
+            import importlib
+
+            module, attr = self.LAZY[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -93,6 +107,10 @@ def analyze(captures: tuple[str, ...], json_out: str | None, proxies: tuple[str,
     if json_sink:
         _write_json(json_sink, summary, result, json_out)
     if json_out != "-":
+        from rich.console import Console  # rich only when something is drawn
+
+        from . import report
+
         console = Console()
         console.print(report.summary_view(summary))
         console.print(report.diagnosis_view(result, result.findings, max_timelines))
@@ -145,6 +163,9 @@ class _progress:
         size = sum(os.path.getsize(c) for c in captures if os.path.isfile(c))
         self.bar = None
         if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
             self.bar = Progress(SpinnerColumn(), TextColumn("{task.completed:,} packets"), TimeElapsedColumn(),
                                 console=Console(stderr=True), transient=True)
 
@@ -182,11 +203,3 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
-
-def _register_lab() -> None:
-    from .lab.cli import lab  # the lab needs nothing at import time beyond click
-
-    cli.add_command(lab)
-
-
-_register_lab()

@@ -279,3 +279,36 @@ def test_time_going_back_by_hours_is_an_anomaly_and_no_duration_is_negative(tmp_
     assert ex["status"] == 200
     result, _ = _analyze(path, "terminal", tmp_path)
     assert result.exit_code == 0 and "time_went_backwards" in result.output
+
+
+def _modules_after(script: str, *args: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after ``script`` (run from the repository root)."""
+    script += "\nimport sys\nprint('\\n'.join(sorted(sys.modules)), file=sys.stderr)\n"
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(done.stderr.split())
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] == "scapy" or m.startswith("alb_pcap.lab")}
+
+
+def test_importing_the_cli_loads_neither_scapy_nor_the_lab_nor_rich():
+    """Start-up (issue 8): scapy and the lab are for `alb-pcap lab` only, rich for drawing."""
+    modules = _modules_after("import alb_pcap.cli")
+    assert not _heavy(modules)
+    assert not {m for m in modules if m.split(".")[0] == "rich"}
+
+
+def test_analyze_loads_neither_scapy_nor_the_lab():
+    script = ("import sys\nfrom alb_pcap.cli import cli\n"
+              "cli(['analyze', sys.argv[1], '--json', '/dev/null'], standalone_mode=False)\n")
+    assert not _heavy(_modules_after(script, str(RACE)))
+
+
+def test_the_lab_is_still_a_command():
+    listing = invoke("--help")
+    assert listing.exit_code == 0 and "lab" in listing.output.split("Commands:")[1]
+    result = invoke("lab", "--help")
+    assert result.exit_code == 0 and "network namespaces" in result.output
