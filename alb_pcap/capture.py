@@ -74,6 +74,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Hashable, Iterator
 from typing import Literal
@@ -351,6 +352,9 @@ class Capture:
 
 
 def _open_file(name: str) -> io.BufferedReader:
+    if name == "-":  # standard input: read once, never seeked (peek, not seek, finds gzip)
+        stdin = sys.stdin.buffer
+        return stdin if hasattr(stdin, "peek") else io.BufferedReader(stdin)
     try:
         return open(name, "rb")  # noqa: SIM115 - Capture.close() owns it
     except FileNotFoundError:

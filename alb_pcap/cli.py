@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
-from datetime import datetime
-
 import click
 
 from . import __version__, export, pipeline
 from .detect import KINDS
-from .diagnose import Diagnosis, DiagnosisResult, narrow, result_dict, score
+from .diagnose import Diagnosis, DiagnosisResult, result_dict, score
 from .model import CaptureError
+from .selection import BadTime, Selection, parse_time
 
 PROGRESS_MIN_BYTES = 20_000_000  # smaller captures finish before a progress bar is worth drawing
 INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
@@ -67,53 +65,88 @@ def internal_error_line(exc: Exception) -> str:
     return f"internal error{where}: {text} (a bug in alb-pcap: {DEBUG_ENV}=1 shows the traceback)"
 
 
-@click.group(cls=_Guarded)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+FINDINGS_EXIT = 3
+SEVERITIES = {"error": ("error",), "warning": ("error", "warning"), "never": ()}
+
+
+@click.group(cls=_Guarded, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="alb-pcap")
 def cli() -> None:
     """Explain load-balancer 502/504/460 errors from packet captures."""
 
 
 @cli.command()
-@click.argument("captures", nargs=-1, required=True, type=click.Path())
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("--json", "json_out", metavar="FILE|-", help="Write everything as JSON ('-' for stdout).")
+@click.option("--html", "html_out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML report: answer, timers figure, findings, ladder diagrams.")
 @click.option("--proxy", "proxies", multiple=True, metavar="IP",
               help="An address of the proxy (repeatable); found from the traffic when not given.")
 @click.option("--listener", "listeners", multiple=True, type=int, metavar="PORT",
               help="A port clients connect to on the proxy (repeatable).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only findings of this kind.")
-@click.option("--flow", help="Only findings on this flow (any part of 'ip:port->ip:port').")
-@click.option("--around", metavar="TIME", help="Only findings within --window of TIME (epoch seconds or ISO 8601).")
-@click.option("--window", default=60.0, show_default=True, help="Seconds either side of --around.")
-@click.option("--max-timelines", default=10, show_default=True, help="Timelines drawn at most.")
-def analyze(captures: tuple[str, ...], json_out: str | None, proxies: tuple[str, ...],
-            listeners: tuple[int, ...], kinds: tuple[str, ...], flow: str | None, around: str | None,
-            window: float, max_timelines: int) -> None:
-    """Explain 502/504/460 responses in CAPTURE(s): pcap, pcapng, gzip'ed or not.
+@click.option("--status", "statuses", multiple=True, type=int, metavar="CODE",
+              help="Only findings where the client got this status (repeatable), e.g. 502.")
+@click.option("--errors-only", is_flag=True, help="Only findings where the client got an error or nothing.")
+@click.option("--flow", metavar="ADDR|IP:PORT|A->B",
+              help="Only findings on a flow with this address or endpoint, or this flow in either direction.")
+@click.option("--around", metavar="TIME", help="Only findings within --window of TIME: ISO 8601, epoch seconds, "
+              "a log's time (22/Nov/2026:03:16:04 +0000) or seconds from the capture's start (+12.5).")
+@click.option("--window", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds either side of --around.")
+@click.option("--max-timelines", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Timelines drawn at most (every kind gets one).")
+@click.option("--all", "everything", is_flag=True, help="Keep and draw every finding (no cap per kind).")
+@click.option("--fail-on", type=click.Choice(list(SEVERITIES)), default="error", show_default=True,
+              help="Exit with status 3 when a finding of this severity (or worse) is reported.")
+@click.option("-v", "--verbose", is_flag=True, help="Also the statistics: captures, connections, exchanges, "
+              "proxies, timers.")
+def analyze(captures: tuple[str, ...], json_out: str | None, html_out: str | None, proxies: tuple[str, ...],
+            listeners: tuple[int, ...], kinds: tuple[str, ...], statuses: tuple[int, ...], errors_only: bool,
+            flow: str | None, around: str | None, window: float, max_timelines: int, everything: bool,
+            fail_on: str, verbose: bool) -> None:
+    """Explain 502/504/460 responses in CAPTURE(s): pcap, pcapng, gzip'ed or not; '-' reads stdin.
 
     Several captures (the client side and the target side, say) are read as one timeline.
+    Exit status: 0 nothing wrong, 1 unusable input, 3 findings (see --fail-on).
 
     Example:
 
     \b
         alb-pcap analyze sample_captures/alb-keepalive-race-mirror.pcap
-        alb-pcap analyze front.pcap back.pcap --kind keepalive_race --json findings.json
+        alb-pcap analyze front.pcap back.pcap --status 502 --json findings.json
     """
-    around_ns = _parse_time(around) if around else None
-    diagnosis = Diagnosis(proxies=proxies, listeners=listeners)
+    selection = Selection(kinds, statuses, errors_only, flow, _parse_time(around) if around else None,
+                          round(window * 1e9))
+    diagnosis = Diagnosis(proxies=proxies, listeners=listeners, selection=selection,
+                          keep_per_kind=None if everything else 200)
     json_sink = export.JsonExport() if json_out else None
     sinks = [diagnosis] + ([json_sink] if json_sink else [])
     summary, result = _run(captures, sinks, diagnosis)
-    result = replace(result, findings=narrow(result.findings, kinds, flow, around_ns, int(window * 1e9)))
     if json_sink:
         _write_json(json_sink, summary, result, json_out)
+    if html_out:
+        _write_html(summary, result, html_out)
     if json_out != "-":
-        from rich.console import Console  # rich only when something is drawn
+        _print(summary, result, selection, None if everything else max_timelines, verbose)
+    if any(f.severity in SEVERITIES[fail_on] for f in result.findings):
+        sys.exit(FINDINGS_EXIT)
 
-        from . import report
 
-        console = Console()
-        console.print(report.summary_view(summary))
-        console.print(report.diagnosis_view(result, result.findings, max_timelines))
+def _print(summary: pipeline.Summary, result: DiagnosisResult, selection: Selection, max_timelines: int | None,
+           verbose: bool) -> None:
+    from rich.console import Console  # rich only when something is drawn
+
+    from . import report
+
+    console = Console()
+    if not console.is_terminal:  # piped: nothing cut or folded, no colour
+        console = Console(width=100_000, no_color=True, highlight=False)
+    console.print(report.answer(summary, result, selection))
+    if verbose:
+        console.print(report.details_view(summary, result))
+    console.print(report.findings_view(result, max_timelines))
 
 
 @cli.command(name="score")
@@ -181,15 +214,12 @@ class _progress:
             self.bar.stop()
 
 
-def _parse_time(text: str) -> int:
+def _parse_time(text: str) -> tuple[str, int]:
     try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither epoch seconds nor an ISO 8601 time",
+        return parse_time(text)
+    except BadTime:
+        raise click.BadParameter(f"{text!r} is not a time: give ISO 8601 (2026-11-22T03:16:04Z), epoch seconds, "
+                                 "a log's time (22/Nov/2026:03:16:04 +0000) or +SECONDS from the capture's start",
                                  param_hint="--around") from None
 
 
@@ -203,3 +233,17 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
+
+
+if __name__ == "__main__":
+    cli()
+
+
+def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
+    from .html_report import build_html
+
+    try:
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(build_html(result, summary))
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror}") from e

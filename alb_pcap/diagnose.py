@@ -56,6 +56,7 @@ from .detect import (
 )
 from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
+from .selection import Selection
 from .software import ALB_ANSWERS, WORDS, words
 
 
@@ -74,6 +75,11 @@ class DiagnosisResult:
     """The connections of kept findings and failing exchanges, for their timelines."""
     connect_failures: tuple[AddressCounts, ...] = ()
     """Per address: connection attempts refused or unanswered."""
+    idle_closes: tuple[tuple[float, str, str, str], ...] = ()
+    """(idle seconds, closed by "client"/"proxy"/"target", side "client"/"target", flow) of quiet closes,
+    the first ``MAX_IDLE_CLOSES``: what the HTML report plots against the timers."""
+    idle_closes_total: int = 0
+    """All quiet closes, including those beyond ``MAX_IDLE_CLOSES``."""
 
     def connection(self, flow: str | None) -> Connection | None:
         return next((c for c in self.connections if c.flow == flow), None)
@@ -101,6 +107,7 @@ def _serverless(text: str) -> str:
     return re.sub(r"\b([Tt])he proxy\b", r"\1he server", text).replace("proxy's", "server's")
 MAX_FAILING_PER_CONN = 8
 MAX_KEPT_CONNECTIONS = 2000
+MAX_IDLE_CLOSES = 2000
 LOOKAHEAD_NS = SEC
 """Records wait this long (capture time) before diagnosis, so roles seen in the next second apply to them."""
 MAX_LOOKAHEAD = 20_000
@@ -110,19 +117,25 @@ class Diagnosis:
     """A pipeline Sink. ``proxies``: proxy addresses; ``listeners``: client-facing ports."""
 
     def __init__(self, proxies: tuple[str, ...] = (), listeners: tuple[int, ...] = (),
-                 keep_per_kind: int = 200) -> None:
+                 keep_per_kind: int | None = 200, selection: Selection = Selection()) -> None:
+        """``keep_per_kind``: findings kept per kind (the rest counted), None for all; ``selection``: the
+        findings wanted (the others are neither kept nor counted, nor are their transactions)."""
+        self.selection = selection
         self.roles = Roles(tuple(proxies), tuple(listeners))
         self.correlator = Correlator(self.roles)
         self.finder = RoleFinder(self.roles)
-        self.connects = ConnectFailures(keep_per_kind=keep_per_kind)
+        self.connects = ConnectFailures(keep_per_kind=keep_per_kind or 10**9)
         self._ahead: deque[tuple[int, ExchangeRef | Connection]] = deque()
         self._clock = 0
+        self._start_ns: int | None = None
         self.keep_per_kind = keep_per_kind
         self.timers = TimerBook()
         self._open: dict[int, _Activity] = {}
         self._findings: list[Finding] = []
         self._kinds: Counter[str] = Counter()
         self._conns: list[Connection] = []
+        self._idle_closes: list[tuple[float, str, str, str]] = []
+        self._idle_closes_total = 0
         self._now = 0
 
     # -- Sink ---------------------------------------------------------------------
@@ -145,6 +158,8 @@ class Diagnosis:
         request cut by a close can be long after its last data.
         """
         self._clock = max(self._clock, ts_ns)
+        if self._start_ns is None or ts_ns < self._start_ns:
+            self._start_ns = ts_ns
         ahead = self._ahead
         ahead.append((self._clock, item))
         while ahead and (ahead[0][0] < self._clock - LOOKAHEAD_NS or len(ahead) > MAX_LOOKAHEAD):
@@ -222,12 +237,19 @@ class Diagnosis:
             self._add(replace(f, client_flow=client_of.get(id(f), f.client_flow)))
         _observe_transactions(tx_findings, correlation.transactions, timers)
         proxies = self.roles.proxies()
-        findings = tuple(sorted((self._worded(f, bool(proxies)) for f in self._findings), key=lambda f: f.ts_ns))
+        findings = tuple(sorted(self._selected(self._worded(f, bool(proxies)) for f in self._findings),
+                                key=lambda f: f.ts_ns))
+        transactions = correlation.transactions
+        if self.selection.active:  # only the transactions of the findings asked for
+            keys = {f.exchange for f in findings}
+            transactions = tuple(tx for tx in transactions
+                                 if any(leg.exchange.key in keys for leg in (tx.front, *tx.backs) if leg))
         return DiagnosisResult(
-            proxies=proxies, transactions=correlation.transactions, findings=findings,
+            proxies=proxies, transactions=transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
             verdict=verdict(timers, self._kinds, correlation, self.roles, findings), counts=correlation.counts,
             connections=tuple(self._conns), connect_failures=connect.addresses,
+            idle_closes=tuple(self._idle_closes), idle_closes_total=self._idle_closes_total,
         )
 
     # -- connections ---------------------------------------------------------------
@@ -263,6 +285,11 @@ class Diagnosis:
         quiet = end.quiet_close()
         opener, acceptor = split_flow(end.conn.flow)
         proxy_key = acceptor if end.side == "client" else host_of(opener)
+        if quiet is not None:
+            self._idle_closes_total += 1
+            if len(self._idle_closes) < MAX_IDLE_CLOSES:
+                by = "proxy" if quiet.by == end.proxy_direction else ("client" if end.side == "client" else "target")
+                self._idle_closes.append((round(end.idle_ns / SEC, 6), by, end.side, end.conn.flow))
         if quiet is not None and quiet.by == end.proxy_direction:
             name = "proxy_idle_timeout" if end.side == "client" else "proxy_target_idle_timeout"
             self.timers.observe(name, proxy_key, end.idle_ns)
@@ -293,6 +320,17 @@ class Diagnosis:
                                 f"{status} (inferred from its documented behaviour, not seen).")
         return f
 
+    def _selected(self, findings) -> list[Finding]:
+        """The selection again, now that inferred statuses are known; what it drops is uncounted."""
+        out = []
+        for f in findings:
+            if self.selection.wants(f, self._start_ns or 0):
+                out.append(f)
+            else:
+                self._kinds[f.kind] -= 1
+        self._kinds = +self._kinds  # drop kinds counted down to nothing
+        return out
+
     def _subject(self, name: str, raw: str) -> str:
         if name.startswith("proxy_") or name == "client_keepalive_duration":
             return self.roles.name_of(raw)
@@ -301,10 +339,10 @@ class Diagnosis:
     # -- findings --------------------------------------------------------------------
 
     def _add(self, finding: Finding | None) -> None:
-        if finding is None:
+        if finding is None or not self.selection.wants(finding, self._start_ns or 0, final=False):
             return
         self._kinds[finding.kind] += 1
-        if self._kinds[finding.kind] <= self.keep_per_kind:
+        if self.keep_per_kind is None or self._kinds[finding.kind] <= self.keep_per_kind:
             self._findings.append(finding)
 
     def _advance(self, ts_ns: int) -> None:
@@ -393,7 +431,8 @@ def _proxy_idle(timers: TimerBook, proxy: str | None) -> float | None:
 def _keepalive_line(t: Timer, idle: float | None, races: int, w: dict[str, str]) -> str:
     head = f"target {t.subject} closes idle connections after {t.seconds:.1f} s ({t.observations} seen)"
     if idle is None and races:
-        return f"{head}, {w['proxy']} kept them longer ({races} race(s) seen): expect 502s. {w['fix_race']}"
+        return (f"{head}, {w['proxy']} kept them longer ({races} race{plural(races)['s']} seen): expect 502s. "
+                f"{w['fix_race']}")
     if idle is None:
         return (f"{head}; if {w['proxy']} keeps them longer ({w['target_idle']}), expect 502s. "
                 f"{w['fix_race']}")
@@ -408,19 +447,29 @@ def _fmt(seconds: float) -> str:
 
 
 _KIND_LINES = {
-    "keepalive_race": "{n} request(s) crossed a target's keep-alive FIN (502, silent close or hidden retry)",
-    "target_reset": "{n} request(s) were dropped by the target (FIN/RST with the request outstanding): 502",
-    "gateway_timeout": "{n} request(s) timed out waiting for the target: 504{timer}",
-    "client_abort": "{n} request(s) were abandoned by their clients before the response (460/499){timer}",
-    "tcp_keepalive_ignored": "{n} connection(s) were closed idle although TCP keep-alive probes flowed: "
+    "keepalive_race": "{n} request{s} crossed a target's keep-alive FIN (502, silent close or hidden retry)",
+    "target_reset": "{n} request{s} {were} dropped by the target (FIN/RST with the request outstanding): 502",
+    "gateway_timeout": "{n} request{s} timed out waiting for the target: 504{timer}",
+    "client_abort": "{n} request{s} {were} abandoned by {their} client{s} before the response (460/499){timer}",
+    "tcp_keepalive_ignored": "{n} connection{s} {were} closed idle although TCP keep-alive probes flowed: "
                              "probes do not reset HTTP idle timers",
-    "client_keepalive_expiry": "{n} client connection(s) were closed at their maximum age with Connection: "
+    "client_keepalive_expiry": "{n} client connection{s} {were} closed at {their} maximum age with Connection: "
                                "close{timer}",
-    "idle_timeout_close": "{n} idle connection(s) were closed by the proxy{timer}",
-    "target_connect_refused": "{n} connection attempt(s) to targets were refused (RST to the SYN): 502",
-    "target_connect_timeout": "{n} connection attempt(s) to targets went unanswered: 504",
-    "client_connect_timeout": "{n} proxy address(es) left clients' SYNs unanswered while others answered",
+    "idle_timeout_close": "{n} idle connection{s} {were} closed by the proxy{timer}",
+    "target_keepalive_close": "{n} idle target connection{s} {were} closed by the target's keep-alive timer",
+    "target_connect_refused": "{n} connection attempt{s} to targets {were} refused (RST to the SYN): 502",
+    "target_connect_timeout": "{n} connection attempt{s} to targets went unanswered: 504",
+    "client_connect_timeout": "{n} proxy address{es} left clients' SYNs unanswered while others answered",
 }
+
+
+def plural(n: int) -> dict[str, str]:
+    """Words that follow a count: "1 request was", "2 requests were"."""
+    one = n == 1
+    return {"n": f"{n:,}", "s": "" if one else "s", "es": "" if one else "es", "were": "was" if one else "were",
+            "their": "its" if one else "their"}
+
+
 _KIND_TIMER = {
     "gateway_timeout": ("proxy_response_timeout", "; the proxy gives up after {s:.1f} s"),
     "client_abort": ("client_response_timeout", "; clients give up after {s:.1f} s"),
@@ -435,7 +484,7 @@ def _kind_lines(kinds: Counter[str], timers: TimerBook) -> list[str]:
         if kinds[kind]:
             name, text = _KIND_TIMER.get(kind, ("", ""))
             value = timers.any_value(name) if name else None
-            lines.append(template.format(n=kinds[kind], timer=text.format(s=value) if value else ""))
+            lines.append(template.format(**plural(kinds[kind]), timer=text.format(s=value) if value else ""))
     return lines
 
 
@@ -562,15 +611,3 @@ def _matches(want: dict, got: dict, default_tol: float) -> bool:
     if want.get("ts") is None:
         return True
     return abs(want["ts"] - got["ts"]) <= float(want.get("ts_tolerance_s", default_tol))
-
-
-def narrow(findings: tuple[Finding, ...], kinds: tuple[str, ...] = (), flow: str | None = None,
-           around_ns: int | None = None, window_ns: int = 60 * SEC) -> tuple[Finding, ...]:
-    """The findings a user asked to see: of these kinds, on a flow (substring), near a time."""
-    def wanted(f: Finding) -> bool:
-        if kinds and f.kind not in kinds:
-            return False
-        if flow and not any(flow in (x or "") for x in (f.client_flow, f.target_flow)):
-            return False
-        return around_ns is None or abs(f.ts_ns - around_ns) <= window_ns
-    return tuple(f for f in findings if wanted(f))

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from .detect import Finding
 from .diagnose import DiagnosisResult
+from .selection import Selection
 from .model import ORIG, Connection
 from .pipeline import Summary
 
@@ -35,7 +38,7 @@ def captures_table(summary: Summary) -> Table:
     table = Table(title="Captures", title_justify="left", show_edge=False)
     for col in ("file", "format", "frames", "decoded", "duplicate", "skipped", "truncated", "tunnels"):
         table.add_column(col, justify="right" if col in ("frames", "decoded", "duplicate", "truncated") else "left",
-                         overflow="fold")
+                         no_wrap=col in ("file", "format"))
     for c in summary.captures:
         skipped = ", ".join(f"{n} {reason}" for reason, n in c.skipped.most_common()) or "0"
         tunnels = ", ".join(f"{name}: {n}" for name, n in c.tunnels.most_common()) or "none"
@@ -63,53 +66,164 @@ def summary_view(summary: Summary) -> Group:
     return Group(*parts)
 
 
-# -- diagnosis ---------------------------------------------------------------------
+# -- the answer first ---------------------------------------------------------------
 
 
-def diagnosis_view(result: DiagnosisResult, findings: tuple[Finding, ...], max_timelines: int) -> Group:
-    """Roles, timers and verdict, findings by kind, then a timeline per failing finding."""
-    parts: list[RenderableType] = [_roles(result), _timers(result), _verdict(result), _kinds(result)]
-    shown = [f for f in findings if f.severity == "error"] or list(findings)
-    for finding in shown[:max_timelines]:
-        parts.append(timeline(finding, result))
-    if len(shown) > max_timelines:
-        parts.append(Text(f"\n{len(shown) - max_timelines} more finding(s) not drawn: narrow with "
-                          "--kind, --flow or --around, or raise --max-timelines.", style="dim"))
+def _span(summary: Summary) -> int:
+    firsts = [c.first_ts_ns for c in summary.captures if c.first_ts_ns is not None]
+    lasts = [c.last_ts_ns for c in summary.captures if c.last_ts_ns is not None]
+    return max(lasts) - min(firsts) if firsts and lasts else 0
+
+
+def _duration(ns: int) -> str:
+    s = ns / SEC
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _what_clients_got(findings: tuple[Finding, ...]) -> str:
+    """``3 x 502, 1 x 504, 1 x 460``: what the failing requests looked like from the client."""
+    got: Counter[str] = Counter()
+    for f in findings:
+        if f.severity != "error":
+            continue
+        if f.kind == "client_abort":
+            got["460"] += 1
+        elif f.status is not None:
+            got[str(f.status) + ("?" if f.status_inferred else "")] += 1
+        elif f.kind in ("keepalive_race", "target_reset", "gateway_timeout"):
+            got["no response"] += 1
+    return ", ".join(f"{n} x {what}" for what, n in got.most_common())
+
+
+def answer(summary: Summary, result: DiagnosisResult, selection: Selection) -> RenderableType:
+    """One sentence with the answer, then the verdict: what a person on call reads first."""
+    span = _duration(_span(summary))
+    got = _what_clients_got(result.findings)
+    cause = _cause(result)
+    if got:
+        head = f"{got} in {span}" + (f": {cause}" if cause else "")
+    elif result.findings:
+        head = f"No failed request in {span}, but {len(result.findings)} finding(s) to look at" + (
+            f": {cause}" if cause else "")
+    else:
+        head = f"No 502, 504 or 460 cause found in {summary.exchanges:,} HTTP exchanges over {span}."
+    parts: list[RenderableType] = [Text(head, style="bold")]
+    if selection.active:
+        note = f"Showing only {selection.describe()}."
+        if not result.findings:
+            note += f" Nothing matched in the capture ({_clock(_first(summary))} to {_clock(_last(summary))})."
+        parts.append(Text(note, style="yellow"))
+    if summary.anomalies.counts:
+        seen = ", ".join(f"{name} {n:,}" for name, n in summary.anomalies.counts.most_common(4))
+        more = len(summary.anomalies.counts) - 4
+        parts.append(Text(f"Capture anomalies: {seen}" + (f" and {more} more" if more > 0 else "")
+                          + " (-v lists them).", style="dim"))
+    parts.append(_verdict(result))
     return Group(*parts)
+
+
+def _first(summary: Summary) -> int:
+    return min((c.first_ts_ns for c in summary.captures if c.first_ts_ns is not None), default=0)
+
+
+def _last(summary: Summary) -> int:
+    return max((c.last_ts_ns for c in summary.captures if c.last_ts_ns is not None), default=0)
+
+
+def _verdict(result: DiagnosisResult) -> RenderableType:
+    # padded, so a wrapped bullet continues under its text, not in column 0
+    lines = [Padding(Text(f"• {line}"), (0, 0, 0, 2), expand=False) for line in result.verdict or ("nothing wrong seen",)]
+    return Group(Text("\nVerdict", style="bold"), *lines)
+
+
+def _cause(result: DiagnosisResult) -> str:
+    """The verdict's first line cut to its cause: "target X closes idle connections after 5.0 s, the ALB keeps them longer"."""
+    if not result.verdict:
+        return ""
+    cause = re.split(r": expect|; if |\. (?=[A-Z])", result.verdict[0])[0]
+    return re.sub(r" \(\d+ (?:seen|races? seen)\)", "", cause)
+
+
+# -- findings ---------------------------------------------------------------------------
+
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def findings_view(result: DiagnosisResult, max_timelines: int | None) -> Group:
+    """The findings by kind, then timelines: every kind drawn at least once, errors first.
+
+    ``max_timelines`` None draws every finding kept.
+    """
+    if not result.finding_counts:
+        return Group(Text("\nNo findings.", style="green"))
+    parts: list[RenderableType] = [_kinds(result)]
+    by_kind: dict[str, list[Finding]] = {}
+    for f in sorted(result.findings, key=lambda f: (_SEVERITY_ORDER.get(f.severity, 3), f.ts_ns)):
+        by_kind.setdefault(f.kind, []).append(f)
+    budget = max(max_timelines, len(by_kind)) if max_timelines is not None else None
+    drawn: dict[str, int] = {}
+    for kind, items in by_kind.items():  # one of each kind first
+        drawn[kind] = 1 if budget is None or budget > 0 else 0
+    left = None if budget is None else budget - sum(drawn.values())
+    for kind, items in by_kind.items():
+        more = len(items) - drawn[kind] if left is None else min(left, len(items) - drawn[kind])
+        drawn[kind] += more
+        if left is not None:
+            left -= more
+    for kind, items in by_kind.items():
+        for finding in items[:drawn[kind]]:
+            parts.append(timeline(finding, result))
+    notes = []
+    counts = dict(result.finding_counts)
+    for kind, items in by_kind.items():
+        hidden = counts.get(kind, len(items)) - drawn[kind]
+        if hidden > 0:
+            notes.append(f"{hidden:,} more {kind} finding{'' if hidden == 1 else 's'} not drawn: "
+                         f"--kind {kind} --all draws every one.")
+    parts += [Text(note, style="dim") for note in notes]
+    return Group(*parts)
+
+
+def details_view(summary: Summary, result: DiagnosisResult) -> Group:
+    """The statistics behind the answer (``-v``)."""
+    return Group(summary_view(summary), _roles(result), _timers(result))
 
 
 def _roles(result: DiagnosisResult) -> RenderableType:
     if not result.proxies:
         return Text("\nNo proxy found (give --proxy IP or --listener PORT if there is one).", style="dim")
     table = Table(title="\nProxies", title_justify="left", show_edge=False)
-    for col in ("proxy", "clients connect to", "opens target connections from", "targets", "paired", "found by"):
-        table.add_column(col)
+    for col in ("proxy", "software", "clients connect to", "opens target connections from", "targets", "paired",
+                "found by", "paired by"):
+        table.add_column(col, no_wrap=col not in ("targets", "paired by"))
     for p in result.proxies:
-        table.add_row(p.name, ", ".join(p.listeners), ", ".join(p.back_addresses), ", ".join(p.targets),
-                      str(p.paired), p.found_by)
+        ways = ", ".join(f"{how} ({n})" for how, n in p.paired_by)
+        table.add_row(p.name, p.software or "?", ", ".join(p.listeners), ", ".join(p.back_addresses),
+                      ", ".join(p.targets), str(p.paired), p.found_by, ways)
     return table
 
 
 def _timers(result: DiagnosisResult) -> RenderableType:
     table = Table(title="\nTimers seen on the wire", title_justify="left", show_edge=False)
     for col in ("timer", "whose", "seconds", "seen"):
-        table.add_column(col, justify="right" if col in ("seconds", "seen") else "left")
+        table.add_column(col, justify="right" if col in ("seconds", "seen") else "left", no_wrap=True)
     for t in result.timers:
         spread = "" if t.low == t.high else f" ({t.low:g}-{t.high:g})"
         table.add_row(t.name.replace("_", " "), t.subject, f"{t.seconds:g}{spread}", f"{t.observations}/{t.total}")
     return table if result.timers else Text("\nNo timer could be inferred from this capture.", style="dim")
 
 
-def _verdict(result: DiagnosisResult) -> RenderableType:
-    lines = [Text("\nVerdict", style="bold")]
-    lines += [Text(f"  • {line}") for line in result.verdict] or [Text("  • nothing wrong seen")]
-    return Group(*lines)
-
-
 def _kinds(result: DiagnosisResult) -> RenderableType:
-    if not result.finding_counts:
-        return Text("\nNo findings.", style="green")
-    return _counter_table("\nFindings", "kind", dict(result.finding_counts))
+    table = Table(title="\nFindings", title_justify="left", show_edge=False, min_width=30)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("count", justify="right")
+    for kind, n in result.finding_counts:
+        table.add_row(kind, f"{n:,}")
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +241,8 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
     table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
     table.add_column("t (s)", justify="right", style="dim")
     table.add_column("frame", justify="right", style="dim")
-    table.add_column("client ⇄ proxy", ratio=1)
-    table.add_column("proxy ⇄ target", ratio=1)
+    table.add_column("client ⇄ proxy")
+    table.add_column("proxy ⇄ target")
     previous = None
     for m in moments:
         if previous is not None and m.ts_ns - previous >= IDLE_LABEL_NS:
@@ -137,13 +251,32 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
         cells = (m.text, "") if m.side == "client" else ("", m.text)
         table.add_row(f"{(m.ts_ns - start) / SEC:+.6f}", str(m.frame or ""), *cells)
         previous = m.ts_ns
-    status = f" → client got {finding.status}" if finding.status is not None else ""
+    got = "" if finding.status is None else f" → client got {finding.status}" + (
+        " (inferred)" if finding.status_inferred else "")
     head = Text.assemble(("\n" + finding.kind, SEVERITY_STYLE.get(finding.severity, "")),
-                         f"{status}  at {_clock(finding.ts_ns)}  ({finding.side} side)")
+                         f"{got}  at {_clock(finding.ts_ns)}  ({finding.side} side)")
     flows = Text(f"client ⇄ proxy: {finding.client_flow or '(not captured)'}    "
                  f"proxy ⇄ target: {finding.target_flow or '(not captured)'}", style="dim")
-    return Group(head, Text(finding.summary), flows, table,
-                 Text.assemble(("Fix: ", "bold"), finding.recommendation))
+    ids = _request_ids(finding, result)
+    lines = [head, Text(finding.summary), flows]
+    if ids:
+        lines.append(Text("request id: " + ", ".join(f"{name}: {value}" for name, value in ids), style="dim"))
+    return Group(*lines, table, Text.assemble(("Fix: ", "bold"), finding.recommendation))
+
+
+def _request_ids(finding: Finding, result: DiagnosisResult) -> list[tuple[str, str]]:
+    """The ids to search the proxy's and the target's logs for (X-Amzn-Trace-Id's Root, X-Request-Id...)."""
+    tx = _transaction(finding, result)
+    seen: dict[str, str] = {}
+    for leg in (tx.front, *tx.backs) if tx else ():
+        for name, value in leg.exchange.request_ids if leg else ():
+            seen.setdefault(value, name)
+    return [(name, value) for value, name in seen.items()]
+
+
+def _transaction(finding: Finding, result: DiagnosisResult):
+    return next((t for t in result.transactions
+                 if any(leg.exchange.key == finding.exchange for leg in (t.front, *t.backs) if leg)), None)
 
 
 def _moments(finding: Finding, result: DiagnosisResult) -> list[_Moment]:
@@ -169,8 +302,7 @@ def _moments(finding: Finding, result: DiagnosisResult) -> list[_Moment]:
 
 def _idle_starts(finding: Finding, result: DiagnosisResult) -> list[_Moment]:
     """Where the silence before a cut request began: the article's "idle for 5 s"."""
-    tx = next((t for t in result.transactions
-               if any(leg.exchange.key == finding.exchange for leg in (t.front, *t.backs) if leg)), None)
+    tx = _transaction(finding, result)
     if tx is None:
         return []
     out = []
@@ -196,8 +328,8 @@ def _connection_moments(conn: Connection, side: str) -> list[_Moment]:
 
 
 def _clock(ts_ns: int) -> str:
-    """UTC wall-clock time; a time no calendar date can hold (a damaged pcapng's) as epoch seconds."""
+    """ISO 8601 in UTC; a time no calendar date can hold (a damaged pcapng's) as epoch seconds."""
     try:
-        return datetime.fromtimestamp(ts_ns / SEC, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+        return datetime.fromtimestamp(ts_ns / SEC, tz=timezone.utc).isoformat(timespec="microseconds")
     except (ValueError, OverflowError, OSError):
         return f"{ts_ns / SEC:.6f} s since the epoch (out of the calendar's range)"

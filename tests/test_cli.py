@@ -39,7 +39,7 @@ def test_a_directory_is_a_one_line_error(tmp_path):
 
 def test_json_document_has_the_documented_shape():
     result = invoke("analyze", RACE, "--json", "-")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # a finding the client saw as an error
     doc = json.loads(result.output)
     assert doc["schema"] == "alb-pcap/1"
     (cap,) = doc["captures"]
@@ -70,8 +70,11 @@ def test_gzip_capture_is_read_by_content(tmp_path):
 
 def test_terminal_output_tells_the_story():
     result = invoke("analyze", RACE)
-    assert result.exit_code == 0
+    assert result.exit_code == 3
     out = result.output
+    assert out.startswith("1 x 502 in 6.8 s: target 198.18.3.11:80 closes idle connections after 5.0 s")
+    assert out.index("Verdict") < out.index("Findings") < out.index("keepalive_race →")
+    assert "Captures" not in out and "conn_state" not in out  # statistics only with -v
     assert "keepalive_race" in out and "client got 502" in out
     assert "FIN from the target" in out and "s pass" in out
     assert "61-62 s" in out  # the verdict's fix
@@ -119,7 +122,7 @@ MODES = {"terminal": (), "json-file": ("--json", "{out}"), "json-stdout": ("--js
 
 def _analyze(path, mode, tmp_path):
     out = tmp_path / "out.json"
-    result = invoke("analyze", path, *(a.format(out=out) for a in MODES[mode]))
+    result = invoke("analyze", path, "--fail-on", "never", *(a.format(out=out) for a in MODES[mode]))
     doc = None
     if mode == "json-file" and out.exists():
         doc = json.loads(out.read_text())
@@ -216,7 +219,7 @@ def test_an_internal_error_after_the_capture_is_one_line_too(monkeypatch):
     from alb_pcap import report
 
     monkeypatch.delenv("ALB_PCAP_DEBUG", raising=False)
-    monkeypatch.setattr(report, "diagnosis_view", lambda *a: {}["no such key"])
+    monkeypatch.setattr(report, "findings_view", lambda *a: {}["no such key"])
     result = invoke("analyze", RACE)
     assert result.exit_code == 70 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("Error: internal error: KeyError: 'no such key'")
@@ -303,7 +306,7 @@ def test_importing_the_cli_loads_neither_scapy_nor_the_lab_nor_rich():
 
 def test_analyze_loads_neither_scapy_nor_the_lab():
     script = ("import sys\nfrom alb_pcap.cli import cli\n"
-              "cli(['analyze', sys.argv[1], '--json', '/dev/null'], standalone_mode=False)\n")
+              "cli(['analyze', sys.argv[1], '--json', '/dev/null', '--fail-on', 'never'], standalone_mode=False)\n")
     assert not _heavy(_modules_after(script, str(RACE)))
 
 
@@ -312,3 +315,97 @@ def test_the_lab_is_still_a_command():
     assert listing.exit_code == 0 and "lab" in listing.output.split("Commands:")[1]
     result = invoke("lab", "--help")
     assert result.exit_code == 0 and "network namespaces" in result.output
+
+
+# -- the report a person on call reads (issue 12) ---------------------------------------------
+
+MIXED = SAMPLES / "mixed-nginx.pcap"
+
+
+def findings_of(*args):
+    result = invoke("analyze", *args, "--json", "-", "--fail-on", "never")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_exit_status_follows_the_findings():
+    assert invoke("analyze", RACE).exit_code == 3
+    assert invoke("analyze", RACE, "--fail-on", "never").exit_code == 0
+    healthy = SAMPLES / "healthy-keepalive-nginx.pcap"
+    assert invoke("analyze", healthy).exit_code == 0
+    # warnings only (a client left): 0 unless asked
+    assert invoke("analyze", MIXED, "--kind", "client_abort").exit_code == 0
+    assert invoke("analyze", MIXED, "--kind", "client_abort", "--fail-on", "warning").exit_code == 3
+
+
+def test_filters_apply_to_findings_counts_verdict_and_transactions():
+    everything = findings_of(MIXED)
+    doc = findings_of(MIXED, "--status", "502")
+    assert doc["findings"] and all(f["status"] == 502 for f in doc["findings"])
+    assert sum(doc["finding_counts"].values()) == len(doc["findings"]) < len(everything["findings"])
+    assert all(t["client"]["status"] == 502 for t in doc["transactions"] if t["client"])
+    assert not any("timed out" in line for line in doc["verdict"])
+    errors = findings_of(MIXED, "--errors-only")
+    assert {f["severity"] for f in errors["findings"]} == {"error"}
+
+
+def test_a_flow_matches_by_address_endpoint_or_either_direction():
+    (flow,) = {f["target_flow"] for f in findings_of(RACE)["findings"]}
+    opener, acceptor = flow.split("->")
+    for pattern in (flow, f"{acceptor}->{opener}", acceptor, acceptor.rpartition(":")[0]):
+        assert len(findings_of(RACE, "--flow", pattern)["findings"]) == 1, pattern
+    assert findings_of(RACE, "--flow", "203.0.113.9")["findings"] == []
+
+
+def test_around_reads_the_formats_engineers_paste():
+    (finding,) = findings_of(RACE)["findings"]
+    start = findings_of(RACE)["captures"][0]["first_ts"]
+    from datetime import datetime, timezone
+    when = datetime.fromtimestamp(finding["ts"], timezone.utc)
+    for text in (f"+{finding['ts'] - start:.1f}", when.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                 when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), str(finding["ts"])):
+        assert len(findings_of(RACE, "--around", text, "--window", "2")["findings"]) == 1, text
+    assert findings_of(RACE, "--around", "+500", "--window", "2")["findings"] == []
+
+
+def test_bad_values_are_refused():
+    for args in (("--window", "-5"), ("--max-timelines", "-1"), ("--around", "+soon")):
+        result = invoke("analyze", RACE, *args)
+        assert result.exit_code == 2, args
+
+
+def test_short_help_and_stdin():
+    assert invoke("analyze", "-h").exit_code == 0 and "--fail-on" in invoke("analyze", "-h").output
+    result = CliRunner().invoke(cli, ["analyze", "-", "--json", "-"], input=RACE.read_bytes())
+    assert result.exit_code == 3 and json.loads(result.stdout)["findings"][0]["kind"] == "keepalive_race"
+
+
+def test_a_filter_says_it_is_active_and_when_nothing_matched():
+    out = invoke("analyze", RACE, "--kind", "gateway_timeout").output
+    assert "Showing only --kind gateway_timeout" in out and "Nothing matched" in out
+
+
+def test_every_kind_gets_a_timeline_or_a_line_saying_how_to_see_it():
+    out = invoke("analyze", MIXED, "--max-timelines", "0").output
+    kinds = {f["kind"] for f in findings_of(MIXED)["findings"]}
+    for kind in kinds:  # warnings and info too: each kind drawn once, the rest counted
+        assert f"\n{kind}" in out, kind
+    assert "--all draws every one" in out
+    every = invoke("analyze", MIXED, "--all").output
+    assert "not drawn" not in every
+
+
+def test_piped_output_never_cuts_addresses_or_file_names():
+    out = invoke("analyze", MIXED, "-v").output
+    assert "…" not in out
+    assert str(MIXED) in out
+    for f in findings_of(MIXED)["findings"]:
+        for flow in (f["client_flow"], f["target_flow"]):
+            assert flow is None or flow in out
+
+
+def test_stdin_from_a_real_pipe():
+    run = subprocess.run([sys.executable, "-m", "alb_pcap.cli", "analyze", "-", "--json", "-"],
+                         input=gzip.compress(RACE.read_bytes()), capture_output=True, timeout=60)
+    assert run.returncode == 3, run.stderr
+    assert json.loads(run.stdout)["captures"][0]["format"] == "pcap+gzip"
