@@ -8,7 +8,10 @@ import click
 
 from . import __version__, export, pipeline
 from .detect import KINDS
-from .diagnose import Diagnosis, DiagnosisResult, result_dict, score
+from .diagnose import Diagnosis, DiagnosisResult
+from . import records
+from .records import result_dict
+from .scoring import score
 from .model import CaptureError
 from .selection import BadTime, Selection, parse_time
 
@@ -78,7 +81,11 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
-@click.option("--json", "json_out", metavar="FILE|-", help="Write everything as JSON ('-' for stdout).")
+@click.option("--json", "json_out", metavar="FILE|-", help="Write the diagnosis as JSON ('-' for stdout).")
+@click.option("--json-detail", type=click.Choice(["findings", "all"]), default="findings", show_default=True,
+              help="'all' adds every connection and exchange with its headers to the JSON.")
+@click.option("--ndjson", "ndjson_out", metavar="FILE|-", help="Write the findings one JSON object a line.")
+@click.option("--csv", "csv_out", metavar="FILE|-", help="Write the findings as CSV.")
 @click.option("--html", "html_out", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report: answer, timers figure, findings, ladder diagrams.")
 @click.option("--proxy", "proxies", multiple=True, metavar="IP",
@@ -102,7 +109,8 @@ def cli() -> None:
               help="Exit with status 3 when a finding of this severity (or worse) is reported.")
 @click.option("-v", "--verbose", is_flag=True, help="Also the statistics: captures, connections, exchanges, "
               "proxies, timers.")
-def analyze(captures: tuple[str, ...], json_out: str | None, html_out: str | None, proxies: tuple[str, ...],
+def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, ndjson_out: str | None,
+            csv_out: str | None, html_out: str | None, proxies: tuple[str, ...],
             listeners: tuple[int, ...], kinds: tuple[str, ...], statuses: tuple[int, ...], errors_only: bool,
             flow: str | None, around: str | None, window: float, max_timelines: int, everything: bool,
             fail_on: str, verbose: bool) -> None:
@@ -121,14 +129,17 @@ def analyze(captures: tuple[str, ...], json_out: str | None, html_out: str | Non
                           round(window * 1e9))
     diagnosis = Diagnosis(proxies=proxies, listeners=listeners, selection=selection,
                           keep_per_kind=None if everything else 200)
-    json_sink = export.JsonExport() if json_out else None
-    sinks = [diagnosis] + ([json_sink] if json_sink else [])
+    json_sink = export.JsonExport(json_detail) if json_out else None
+    sinks = [diagnosis] + ([json_sink] if json_sink and json_detail == "all" else [])
     summary, result = _run(captures, sinks, diagnosis)
     if json_sink:
         _write_json(json_sink, summary, result, json_out)
+    for target, write in ((ndjson_out, records.write_ndjson), (csv_out, records.write_csv)):
+        if target:
+            _write(target, lambda out: write(result, out))
     if html_out:
         _write_html(summary, result, html_out)
-    if json_out != "-":
+    if "-" not in (json_out, ndjson_out, csv_out):
         _print(summary, result, selection, None if everything else max_timelines, verbose)
     if any(f.severity in SEVERITIES[fail_on] for f in result.findings):
         sys.exit(FINDINGS_EXIT)
@@ -221,6 +232,18 @@ def _parse_time(text: str) -> tuple[str, int]:
         raise click.BadParameter(f"{text!r} is not a time: give ISO 8601 (2026-11-22T03:16:04Z), epoch seconds, "
                                  "a log's time (22/Nov/2026:03:16:04 +0000) or +SECONDS from the capture's start",
                                  param_hint="--around") from None
+
+
+def _write(target: str, write) -> None:
+    """``write(out)`` to a file, or to stdout for '-'; a file that cannot be written is a one-line error."""
+    if target == "-":
+        write(sys.stdout)
+        return
+    try:
+        with open(target, "w", encoding="utf-8", newline="") as out:
+            write(out)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
 
 def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:

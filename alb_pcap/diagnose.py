@@ -20,11 +20,9 @@ keep-alive timeout), and writes the verdict.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from .correlate import (
     SEC,
@@ -44,7 +42,6 @@ from .correlate import (
 from .detect import (
     CONNECT_KINDS,
     CONNECTION_DETECTORS,
-    KINDS,
     MIN_IDLE_NS,
     TRANSACTION_DETECTORS,
     ConnectionEnd,
@@ -54,7 +51,7 @@ from .detect import (
     gave_up_after,
     merge_views,
 )
-from .connect import AddressCounts, ConnectFailures, address_counts_dict, attempt_outcome
+from .connect import AddressCounts, ConnectFailures, attempt_outcome
 from .model import ORIG, RESP, Connection, Exchange
 from .selection import Selection
 from .software import ALB_ANSWERS, WORDS, words
@@ -486,128 +483,3 @@ def _kind_lines(kinds: Counter[str], timers: TimerBook) -> list[str]:
             value = timers.any_value(name) if name else None
             lines.append(template.format(**plural(kinds[kind]), timer=text.format(s=value) if value else ""))
     return lines
-
-
-# -- JSON ------------------------------------------------------------------------------------
-
-
-def _sec(ns: int | None) -> float | None:
-    return None if ns is None else round(ns / SEC, 6)
-
-
-def finding_dict(f: Finding) -> dict:
-    return {
-        "kind": f.kind, "severity": f.severity, "ts": _sec(f.ts_ns), "side": f.side,
-        "client_flow": f.client_flow, "target_flow": f.target_flow, "status": f.status,
-        "status_inferred": f.status_inferred,
-        "summary": f.summary,
-        "evidence": [{"frame": e.frame, "ts": _sec(e.ts_ns), "side": e.side, "what": e.what}
-                     for e in f.evidence],
-        "recommendation": f.recommendation,
-    }
-
-
-def exchange_ref_dict(ref: ExchangeRef) -> dict:
-    return {"flow": ref.flow, "index": ref.index, "method": ref.method, "uri": ref.uri, "status": ref.status,
-            "ended": ref.ended, "request_start": _sec(ref.request_start_ns), "request_frame": ref.request_frame,
-            "response_start": _sec(ref.response_start_ns), "response_frame": ref.response_frame}
-
-
-def transaction_dict(tx: Transaction) -> dict:
-    def leg(leg_) -> dict:
-        d = exchange_ref_dict(leg_.exchange)
-        cut = leg_.cut
-        d["cut"] = None if cut is None else {"by": cut.by, "how": cut.close.how, "ts": _sec(cut.close.ts_ns),
-                                             "frame": cut.close.frame, "idle_before": _sec(cut.idle_before_ns)}
-        return d
-
-    return {"client": leg(tx.front) if tx.front else None, "targets": [leg(b) for b in tx.backs],
-            "paired_by": tx.paired_by}
-
-
-def timer_dict(t: Timer) -> dict:
-    return {"name": t.name, "subject": t.subject, "seconds": t.seconds, "observations": t.observations,
-            "total": t.total, "low": t.low, "high": t.high}
-
-
-def proxy_dict(p: Proxy) -> dict:
-    return {"name": p.name, "software": p.software, "listeners": list(p.listeners),
-            "back_addresses": list(p.back_addresses), "targets": list(p.targets), "paired": p.paired,
-            "found_by": p.found_by, "paired_by": dict(p.paired_by)}
-
-
-def result_dict(r: DiagnosisResult) -> dict:
-    """The diagnosis part of ``analyze --json``: merge into the document's top level."""
-    c = r.counts
-    return {
-        "proxies": [proxy_dict(p) for p in r.proxies],
-        "timers": [timer_dict(t) for t in r.timers],
-        "verdict": list(r.verdict),
-        "findings": [finding_dict(f) for f in r.findings],
-        "finding_counts": dict(r.finding_counts),
-        "transactions": [transaction_dict(tx) for tx in r.transactions],
-        "connect_failures": [address_counts_dict(a) for a in r.connect_failures],
-        "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),
-                               "healthy_not_kept": c.healthy_dropped, "unpaired_client": c.unpaired_front,
-                               "unpaired_target": c.unpaired_back, "retried": c.retried},
-    }
-
-
-# -- scoring against a lab run's expected findings ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Score:
-    expected: int
-    found: int
-    matched: int
-    missed: tuple[dict, ...]
-    """Expected findings nothing matched."""
-    extra: tuple[dict, ...]
-    """Our findings that matched nothing expected."""
-
-    @property
-    def precision(self) -> float:
-        return self.matched / self.found if self.found else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.matched / self.expected if self.expected else 1.0
-
-
-def score(result: DiagnosisResult, expected: dict | str | Path) -> Score:
-    """Compare findings with an ``*.expected.json`` (a dict, or its path).
-
-    An expected finding matches one of ours of the same kind when every field it
-    gives among side, status, client_flow, target_flow agrees and ts is within
-    its ``ts_tolerance`` (else the document's, else 1 s). Each of ours matches
-    at most one. Only kinds the expected file lists (``kinds``, else those of its
-    findings) count towards precision, so a lab run that does not judge idle
-    closes is not penalised for them.
-    """
-    doc = expected if isinstance(expected, dict) else json.loads(Path(expected).read_text())
-    wanted = list(doc.get("findings", []))
-    judged = set(doc.get("kinds") or KINDS)
-    ours = [finding_dict(f) for f in result.findings if f.kind in judged]
-    default_tol = float(doc.get("ts_tolerance_s", 1.0))
-    unused = list(range(len(ours)))
-    missed = []
-    for w in wanted:
-        hit = next((i for i in unused if _matches(w, ours[i], default_tol)), None)
-        if hit is None:
-            missed.append(w)
-        else:
-            unused.remove(hit)
-    matched = len(wanted) - len(missed)
-    return Score(len(wanted), len(ours), matched, tuple(missed), tuple(ours[i] for i in unused))
-
-
-def _matches(want: dict, got: dict, default_tol: float) -> bool:
-    if want["kind"] != got["kind"]:
-        return False
-    for name in ("side", "status", "client_flow", "target_flow"):
-        if name in want and want[name] is not None and want[name] != got[name]:
-            return False
-    if want.get("ts") is None:
-        return True
-    return abs(want["ts"] - got["ts"]) <= float(want.get("ts_tolerance_s", default_tol))

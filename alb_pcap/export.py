@@ -111,10 +111,13 @@ def anomaly_dict(a: Anomaly) -> dict:
 class JsonExport:
     """A Sink that spools records and writes the whole document in ``finish``."""
 
-    def __init__(self) -> None:
-        self._spools = {"connections": tempfile.TemporaryFile("w+"),
-                        "exchanges": tempfile.TemporaryFile("w+")}
-        self._counts = {"connections": 0, "exchanges": 0}
+    def __init__(self, detail: str = "all") -> None:
+        """``detail``: "all" spools every connection and exchange; "findings" keeps the document to the
+        diagnosis and the counts (the sink then need not be given to the pipeline at all)."""
+        self.detail = detail
+        names = ("connections", "exchanges") if detail == "all" else ()
+        self._spools = {name: tempfile.TemporaryFile("w+") for name in names}
+        self._counts = dict.fromkeys(names, 0)
 
     def connection(self, conn: Connection) -> None:
         self._spool("connections", connection_dict(conn))
@@ -133,6 +136,7 @@ class JsonExport:
         """``diagnosis``: ``diagnose.result_dict`` of the run (findings, proxies, timers...)."""
         head = {
             "schema": SCHEMA,
+            "detail": self.detail,
             "captures": [dict(capture_dict(c), clock_offset=round(off / 1e9, 6))
                          for c, off in zip(summary.captures, summary.clock_offsets_ns or [0] * len(summary.captures))],
             "summary": {

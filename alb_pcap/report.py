@@ -17,6 +17,7 @@ from .diagnose import DiagnosisResult
 from .selection import Selection
 from .model import ORIG, Connection
 from .pipeline import Summary
+from .records import wireshark_filter
 
 SEC = 1_000_000_000
 IDLE_LABEL_NS = SEC // 2  # a pause this long between two moments gets its own line
@@ -253,7 +254,8 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
         previous = m.ts_ns
     got = "" if finding.status is None else f" → client got {finding.status}" + (
         " (inferred)" if finding.status_inferred else "")
-    head = Text.assemble(("\n" + finding.kind, SEVERITY_STYLE.get(finding.severity, "")),
+    number = next((n for n, f in enumerate(result.findings, 1) if f is finding), None)
+    head = Text.assemble(f"\nF{number} " if number else "\n", (finding.kind, SEVERITY_STYLE.get(finding.severity, "")),
                          f"{got}  at {_clock(finding.ts_ns)}  ({finding.side} side)")
     flows = Text(f"client ⇄ proxy: {finding.client_flow or '(not captured)'}    "
                  f"proxy ⇄ target: {finding.target_flow or '(not captured)'}", style="dim")
@@ -261,6 +263,7 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
     lines = [head, Text(finding.summary), flows]
     if ids:
         lines.append(Text("request id: " + ", ".join(f"{name}: {value}" for name, value in ids), style="dim"))
+    lines.append(Text(f"wireshark: {wireshark_filter(finding.client_flow, finding.target_flow)}", style="dim"))
     return Group(*lines, table, Text.assemble(("Fix: ", "bold"), finding.recommendation))
 
 

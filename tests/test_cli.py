@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +40,7 @@ def test_a_directory_is_a_one_line_error(tmp_path):
 
 
 def test_json_document_has_the_documented_shape():
-    result = invoke("analyze", RACE, "--json", "-")
+    result = invoke("analyze", RACE, "--json", "-", "--json-detail", "all")
     assert result.exit_code == 3, result.output  # a finding the client saw as an error
     doc = json.loads(result.output)
     assert doc["schema"] == "alb-pcap/1"
@@ -106,8 +108,9 @@ def test_score_fails_when_findings_are_missed():
 def test_the_same_packets_in_two_captures_count_once(tmp_path):
     copy = tmp_path / "other-eni.pcap"
     copy.write_bytes(SAMPLES.joinpath("alb-keepalive-race.pcap").read_bytes())
-    one = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", "--json", "-").output)
-    both = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", copy, "--json", "-").output)
+    one = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", "--json", "-", "--json-detail", "all").output)
+    both = json.loads(invoke("analyze", SAMPLES / "alb-keepalive-race.pcap", copy, "--json", "-",
+                             "--json-detail", "all").output)
     assert both["summary"]["cross_capture_duplicates"] == one["captures"][0]["counts"]["decoded"]
     strip = lambda doc: [(e["flow"], e["method"], e["status"], e["ended"]) for e in doc["exchanges"]]
     assert strip(both) == strip(one)
@@ -117,7 +120,8 @@ def test_the_same_packets_in_two_captures_count_once(tmp_path):
 # -- damaged and hostile captures (issue 10) ---------------------------------------------
 
 CRASHERS = sorted((Path(__file__).parent / "data" / "crashers").glob("*.pcap*"))
-MODES = {"terminal": (), "json-file": ("--json", "{out}"), "json-stdout": ("--json", "-")}
+MODES = {"terminal": (), "json-file": ("--json", "{out}", "--json-detail", "all"),
+         "json-stdout": ("--json", "-", "--json-detail", "all")}
 
 
 def _analyze(path, mode, tmp_path):
@@ -389,7 +393,7 @@ def test_every_kind_gets_a_timeline_or_a_line_saying_how_to_see_it():
     out = invoke("analyze", MIXED, "--max-timelines", "0").output
     kinds = {f["kind"] for f in findings_of(MIXED)["findings"]}
     for kind in kinds:  # warnings and info too: each kind drawn once, the rest counted
-        assert f"\n{kind}" in out, kind
+        assert re.search(rf"\nF\d+ {kind}", out), kind
     assert "--all draws every one" in out
     every = invoke("analyze", MIXED, "--all").output
     assert "not drawn" not in every
@@ -409,3 +413,43 @@ def test_stdin_from_a_real_pipe():
                          input=gzip.compress(RACE.read_bytes()), capture_output=True, timeout=60)
     assert run.returncode == 3, run.stderr
     assert json.loads(run.stdout)["captures"][0]["format"] == "pcap+gzip"
+
+
+# -- scripts and other tools (issue 12) --------------------------------------------------------
+
+
+def test_findings_carry_ids_request_ids_and_a_wireshark_filter():
+    (f,) = findings_of(SAMPLES / "alb-keepalive-race.pcap")["findings"]
+    assert f["id"] == "F1" and f["transaction"].startswith("T")
+    assert f["request_id"] == "1-693ec3cd-7cee2e14d9c05740ecd0ddfd"  # the ALB's Root=, to search its logs for
+    assert (f["method"], f["uri"]) == ("GET", "/api/orders")
+    assert f["client_flow"].split("->")[0].split(":")[0] in f["wireshark_filter"]
+
+
+@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark (Debian package) not installed")
+def test_the_wireshark_filter_shows_the_findings_frames_in_tshark():
+    path = SAMPLES / "mixed-nginx.pcap"
+    for f in findings_of(path)["findings"]:
+        run = subprocess.run(["tshark", "-r", str(path), "-Y", f["wireshark_filter"], "-T", "fields",
+                              "-e", "frame.number"], capture_output=True, text=True, timeout=60)
+        frames = {int(n) for n in run.stdout.split()}
+        assert run.returncode == 0, run.stderr
+        assert {e["frame"] for e in f["evidence"] if e["frame"]} <= frames, f["id"]
+
+
+def test_ndjson_and_csv_hold_every_finding():
+    doc = findings_of(MIXED)
+    lines = invoke("analyze", MIXED, "--ndjson", "-", "--fail-on", "never").output.splitlines()
+    assert [json.loads(line) for line in lines] == doc["findings"]
+    import csv
+    import io
+    rows = list(csv.DictReader(io.StringIO(invoke("analyze", MIXED, "--csv", "-", "--fail-on", "never").output)))
+    assert [r["id"] for r in rows] == [f["id"] for f in doc["findings"]]
+    assert rows[0]["time"].endswith("+00:00") and rows[0]["wireshark_filter"].startswith("(ip.addr==")
+
+
+def test_json_detail_all_adds_every_exchange():
+    lean = findings_of(RACE)
+    assert lean["detail"] == "findings" and "exchanges" not in lean and lean["summary"]["exchanges"] == 6
+    full = findings_of(RACE, "--json-detail", "all")
+    assert full["detail"] == "all" and len(full["exchanges"]) == 6 and full["findings"] == lean["findings"]

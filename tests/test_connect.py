@@ -482,7 +482,8 @@ def test_a_client_side_504_is_explained_by_the_connect_timeout():
 
 def test_diagnosis_reports_each_failed_connect_once_and_nothing_else(tmp_path):
     from alb_pcap import pipeline
-    from alb_pcap.diagnose import Diagnosis, result_dict
+    from alb_pcap.diagnose import Diagnosis
+    from alb_pcap.records import result_dict
 
     path = tmp_path / "connect.pcap"
     path.write_bytes(incident().pcap_bytes())

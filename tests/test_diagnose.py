@@ -12,7 +12,9 @@ import json
 import pytest
 
 from alb_pcap import pipeline
-from alb_pcap.diagnose import Diagnosis, finding_dict, result_dict, score
+from alb_pcap.diagnose import Diagnosis
+from alb_pcap.records import finding_dict, result_dict
+from alb_pcap.scoring import score
 
 from .conftest import SAMPLES
 from alb_pcap.model import ORIG, RESP
@@ -54,8 +56,9 @@ def test_finding_dict_has_the_issue_fields():
     sink = Diagnosis()
     race(sink)
     d = finding_dict(sink.finish().findings[0])
-    assert list(d) == ["kind", "severity", "ts", "side", "client_flow", "target_flow", "status",
-                       "status_inferred", "summary", "evidence", "recommendation"]
+    assert list(d) == ["id", "kind", "severity", "ts", "side", "client_flow", "target_flow", "status",
+                       "status_inferred", "transaction", "request_id", "request_ids", "method", "uri",
+                       "wireshark_filter", "summary", "evidence", "recommendation"]
     assert isinstance(d["ts"], float) and set(d["evidence"][0]) == {"frame", "ts", "side", "what"}
     assert {e["side"] for e in d["evidence"]} == {"client", "target"}
 
