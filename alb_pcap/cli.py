@@ -257,11 +257,6 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
 
-
-if __name__ == "__main__":
-    cli()
-
-
 def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
     from .html_report import build_html
 
@@ -270,3 +265,7 @@ def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str)
             out.write(build_html(result, summary))
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
+
+
+if __name__ == "__main__":
+    cli()

@@ -309,3 +309,15 @@ def test_chromium_draws_the_report(tmp_path):
     # a blank page has 1-2 colours; text, the cards and the figure's red band and dots give hundreds
     assert len(colours) > 100
     assert any(c[0] > 200 and c[1] < 80 and c[2] < 80 for c in colours)  # the red of the 502 count / races
+
+
+def test_python_m_writes_the_html_file_too(tmp_path):
+    """``python3 -m alb_pcap.cli``: the writer is defined before the module runs the command."""
+    import sys
+
+    out = tmp_path / "report.html"
+    run = subprocess.run([sys.executable, "-m", "alb_pcap.cli", "analyze", str(SAMPLES / "alb-keepalive-race.pcap"),
+                          "--html", str(out)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode in (0, 3), run.stderr
+    assert 'data-crossing="true"' in out.read_text(encoding="utf-8")
