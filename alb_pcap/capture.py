@@ -312,6 +312,14 @@ class Capture:
             self._count_link_type(linktype_seen, run)
         self._finish()
 
+    def frames(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """Every frame undecoded, numbered as ``packets()`` numbers them: (frame, ts_ns, linktype, bytes).
+
+        For excerpts of a capture (``--write-pcap``); a capture is read one way or the other, once.
+        """
+        for frame, (ts_ns, linktype, buf, start, end) in enumerate(self._reader.records(), 1):
+            yield frame, ts_ns, linktype, bytes(buf[start:end])
+
     def _went_backwards(self, frame: int, before_ns: int, ts_ns: int) -> None:
         if before_ns - ts_ns >= BACKWARDS_NOTED_NS:
             self._anomalies.add("time_went_backwards", frame, ts_ns,

@@ -86,6 +86,8 @@ def cli() -> None:
               help="'all' adds every connection and exchange with its headers to the JSON.")
 @click.option("--ndjson", "ndjson_out", metavar="FILE|-", help="Write the findings one JSON object a line.")
 @click.option("--csv", "csv_out", metavar="FILE|-", help="Write the findings as CSV.")
+@click.option("--write-pcap", "pcap_out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write the frames of the findings' connections (both sides) as a pcap for Wireshark.")
 @click.option("--html", "html_out", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report: answer, timers figure, findings, ladder diagrams.")
 @click.option("--proxy", "proxies", multiple=True, metavar="IP",
@@ -110,7 +112,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also the statistics: captures, connections, exchanges, "
               "proxies, timers.")
 def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, ndjson_out: str | None,
-            csv_out: str | None, html_out: str | None, proxies: tuple[str, ...],
+            csv_out: str | None, pcap_out: str | None, html_out: str | None, proxies: tuple[str, ...],
             listeners: tuple[int, ...], kinds: tuple[str, ...], statuses: tuple[int, ...], errors_only: bool,
             flow: str | None, around: str | None, window: float, max_timelines: int, everything: bool,
             fail_on: str, verbose: bool) -> None:
@@ -139,6 +141,8 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
             _write(target, lambda out: write(result, out))
     if html_out:
         _write_html(summary, result, html_out)
+    if pcap_out:
+        _write_pcap(captures, result, pcap_out)
     if "-" not in (json_out, ndjson_out, csv_out):
         _print(summary, result, selection, None if everything else max_timelines, verbose)
     if any(f.severity in SEVERITIES[fail_on] for f in result.findings):
@@ -232,6 +236,23 @@ def _parse_time(text: str) -> tuple[str, int]:
         raise click.BadParameter(f"{text!r} is not a time: give ISO 8601 (2026-11-22T03:16:04Z), epoch seconds, "
                                  "a log's time (22/Nov/2026:03:16:04 +0000) or +SECONDS from the capture's start",
                                  param_hint="--around") from None
+
+
+def _write_pcap(captures: tuple[str, ...], result: DiagnosisResult, target: str) -> None:
+    from .excerpt import Wanted, write_excerpt
+
+    wanted = []
+    for f in result.findings:
+        for flow in filter(None, (f.client_flow, f.target_flow)):
+            conn = result.connection(flow)
+            wanted.append(Wanted(flow, conn.start_ns if conn else None, conn.end_ns if conn else None))
+    try:
+        n = write_excerpt(list(captures), wanted, target)
+    except CaptureError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
+    click.echo(f"{n:,} frames of {len({w.flow for w in wanted})} connections written to {target}", err=True)
 
 
 def _write(target: str, write) -> None:

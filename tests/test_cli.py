@@ -453,3 +453,16 @@ def test_json_detail_all_adds_every_exchange():
     assert lean["detail"] == "findings" and "exchanges" not in lean and lean["summary"]["exchanges"] == 6
     full = findings_of(RACE, "--json-detail", "all")
     assert full["detail"] == "all" and len(full["exchanges"]) == 6 and full["findings"] == lean["findings"]
+
+
+def test_write_pcap_holds_the_findings_connections_in_their_encapsulation(tmp_path):
+    out = tmp_path / "excerpt.pcap"
+    result = invoke("analyze", MIXED, "--write-pcap", out, "--fail-on", "never")
+    assert result.exit_code == 0, result.output
+    original, excerpt = findings_of(MIXED), findings_of(out)
+    shape = lambda doc: sorted((f["kind"], f["client_flow"], f["target_flow"]) for f in doc["findings"])
+    assert shape(excerpt) == shape(original)  # the excerpt tells the same story
+    assert excerpt["captures"][0]["tunnels"] == {"vxlan vni=7": excerpt["captures"][0]["frames"]}
+    assert excerpt["captures"][0]["frames"] < original["captures"][0]["frames"]
+    refused = CliRunner().invoke(cli, ["analyze", "-", "--write-pcap", str(out)], input=RACE.read_bytes())
+    assert refused.exit_code == 1 and "not standard input" in refused.output
