@@ -254,6 +254,9 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
         previous = m.ts_ns
     got = "" if finding.status is None else f" → client got {finding.status}" + (
         " (inferred)" if finding.status_inferred else "")
+    if finding.status is None and finding.client_flow and finding.kind in ("keepalive_race", "target_reset",
+                                                                             "gateway_timeout"):
+        got = " → client got no response"
     number = next((n for n, f in enumerate(result.findings, 1) if f is finding), None)
     head = Text.assemble(f"\nF{number} " if number else "\n", (finding.kind, SEVERITY_STYLE.get(finding.severity, "")),
                          f"{got}  at {_clock(finding.ts_ns)}  ({finding.side} side)")
