@@ -111,11 +111,19 @@ def cli() -> None:
               help="Exit with status 3 when a finding of this severity (or worse) is reported.")
 @click.option("-v", "--verbose", is_flag=True, help="Also the statistics: captures, connections, exchanges, "
               "proxies, timers.")
+@click.option("--log", "logs", multiple=True, metavar="FILE",
+              help="The proxy's log (repeatable; plain or gzip, a directory or a glob): ALB access or connection "
+              "log, nginx access or error log, HAProxy httplog. Each error line is joined with the wire.")
+@click.option("--log-format", metavar="FMT", help="A custom log format: an nginx log_format string ($variables) "
+              "or an HAProxy log-format (%ci:%cp ...).")
+@click.option("--log-detail", type=click.Choice(["errors", "all"]), default="errors", show_default=True,
+              help="'all' also reports healthy log lines that joined a transaction on the wire.")
 def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, ndjson_out: str | None,
             csv_out: str | None, pcap_out: str | None, html_out: str | None, proxies: tuple[str, ...],
             listeners: tuple[int, ...], kinds: tuple[str, ...], statuses: tuple[int, ...], errors_only: bool,
             flow: str | None, around: str | None, window: float, max_timelines: int, everything: bool,
-            fail_on: str, verbose: bool) -> None:
+            fail_on: str, verbose: bool, logs: tuple[str, ...] = (), log_format: str | None = None,
+            log_detail: str = "errors") -> None:
     """Explain 502/504/460 responses in CAPTURE(s): pcap, pcapng, gzip'ed or not; '-' reads stdin.
 
     Several captures (the client side and the target side, say) are read as one timeline.
@@ -133,9 +141,11 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
                           keep_per_kind=None if everything else 200)
     json_sink = export.JsonExport(json_detail) if json_out else None
     sinks = [diagnosis] + ([json_sink] if json_sink and json_detail == "all" else [])
-    summary, result = _run(captures, sinks, diagnosis)
+    coverage = _log_coverage(log_format) if logs else None
+    summary, result = _run(captures, sinks + ([coverage] if coverage else []), diagnosis)
+    log_report = _read_logs(logs, result, coverage, log_format, log_detail) if logs else None
     if json_sink:
-        _write_json(json_sink, summary, result, json_out)
+        _write_json(json_sink, summary, result, json_out, log_report)
     for target, write in ((ndjson_out, records.write_ndjson), (csv_out, records.write_csv)):
         if target:
             _write(target, lambda out: write(result, out))
@@ -144,13 +154,13 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
     if pcap_out:
         _write_pcap(captures, result, pcap_out)
     if "-" not in (json_out, ndjson_out, csv_out):
-        _print(summary, result, selection, None if everything else max_timelines, verbose)
+        _print(summary, result, selection, None if everything else max_timelines, verbose, log_report)
     if any(f.severity in SEVERITIES[fail_on] for f in result.findings):
         sys.exit(FINDINGS_EXIT)
 
 
 def _print(summary: pipeline.Summary, result: DiagnosisResult, selection: Selection, max_timelines: int | None,
-           verbose: bool) -> None:
+           verbose: bool, log_report=None) -> None:
     from rich.console import Console  # rich only when something is drawn
 
     from . import report
@@ -159,9 +169,11 @@ def _print(summary: pipeline.Summary, result: DiagnosisResult, selection: Select
     if not console.is_terminal:  # piped: nothing cut or folded, no colour
         console = Console(width=100_000, no_color=True, highlight=False)
     console.print(report.answer(summary, result, selection))
+    if log_report is not None:
+        console.print(report.logs_view(log_report, result))
     if verbose:
         console.print(report.details_view(summary, result))
-    console.print(report.findings_view(result, max_timelines))
+    console.print(report.findings_view(result, max_timelines, log_report))
 
 
 @cli.command(name="score")
@@ -267,13 +279,48 @@ def _write(target: str, write) -> None:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
 
-def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
+def _log_coverage(log_format: str | None):
+    from .logs.join import Coverage
+    from .logs.parse import custom_parser
+
+    if log_format:
+        try:
+            custom_parser(log_format)
+        except Exception as e:  # ValueError, re.error: a format that makes no pattern
+            raise click.BadParameter(f"{log_format!r}: {e}", param_hint="--log-format") from None
+    return Coverage()
+
+
+def _read_logs(paths, result: DiagnosisResult, coverage, log_format: str | None, detail: str):
+    from .logs.files import LogFileError
+    from .logs.join import read_logs
+
+    try:
+        return read_logs(list(paths), result, coverage, log_format, detail)
+    except LogFileError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _document(result: DiagnosisResult, log_report) -> dict:
+    """result_dict, with log_lines[], log_summary and findings[].log when logs were given."""
+    doc = result_dict(result)
+    if log_report is not None:
+        from .logs.join import finding_log, logs_dict
+
+        doc.update(logs_dict(log_report, result))
+        for n, finding in enumerate(doc["findings"]):
+            finding["log"] = finding_log(log_report, n)
+    return doc
+
+
+def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: DiagnosisResult, target: str,
+                log_report=None) -> None:
     if target == "-":
-        sink.finish(summary, sys.stdout, result_dict(result))
+        sink.finish(summary, sys.stdout, _document(result, log_report))
         return
     try:
         with open(target, "w", encoding="utf-8") as out:
-            sink.finish(summary, out, result_dict(result))
+            sink.finish(summary, out, _document(result, log_report))
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 

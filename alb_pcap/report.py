@@ -154,10 +154,11 @@ def _cause(result: DiagnosisResult) -> str:
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
-def findings_view(result: DiagnosisResult, max_timelines: int | None) -> Group:
+def findings_view(result: DiagnosisResult, max_timelines: int | None, log_report=None) -> Group:
     """The findings by kind, then timelines: every kind drawn at least once, errors first.
 
-    ``max_timelines`` None draws every finding kept.
+    ``max_timelines`` None draws every finding kept; ``log_report`` (``logs.join.LogReport``) adds each
+    finding's log line to its timeline.
     """
     if not result.finding_counts:
         return Group(Text("\nNo findings.", style="green"))
@@ -177,7 +178,7 @@ def findings_view(result: DiagnosisResult, max_timelines: int | None) -> Group:
             left -= more
     for kind, items in by_kind.items():
         for finding in items[:drawn[kind]]:
-            parts.append(timeline(finding, result))
+            parts.append(timeline(finding, result, _log_note(finding, result, log_report)))
     notes = []
     counts = dict(result.finding_counts)
     for kind, items in by_kind.items():
@@ -235,7 +236,41 @@ class _Moment:
     text: str
 
 
-def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
+def logs_view(log_report, result: DiagnosisResult) -> RenderableType:
+    """Counts by category: error lines explained or not (and why), findings logged or not."""
+    lines = [Text("\nProxy logs", style="bold")]
+    errors = sum(1 for j in log_report.lines if j.record.error)
+    formats = ", ".join(f"{name} {n:,}" for name, n in log_report.formats.most_common())
+    lines.append(Text(f"  {log_report.parsed:,} line(s) parsed from {len(log_report.files)} file(s) ({formats or 'none'}); "
+                      f"{errors:,} error line(s)" + (f"; {log_report.unparsed:,} line(s) in no known format, e.g. "
+                      + ", ".join(f"{f}:{n}" for f, n in log_report.unparsed_examples[:3])
+                      if log_report.unparsed else "")))
+    for category, n in sorted(log_report.categories().items(), key=lambda kv: (kv[0] != "explained", kv[0])):
+        if category == "explained":
+            kinds = Counter(result.findings[j.finding].kind for j in log_report.lines
+                            if j.record.error and j.finding is not None)
+            detail = ", ".join(f"{k} {c}" for k, c in kinds.most_common())
+            lines.append(Text(f"  • {n:,} explained by the wire ({detail})"))
+        else:
+            lines.append(Text(f"  • {n:,} {category}", style="yellow"))
+    logged = len(log_report.finding_lines)
+    if result.findings:
+        lines.append(Text(f"  • findings: {logged:,} with their log line, {len(result.findings) - logged:,} not logged"))
+    return Group(*lines)
+
+
+def _log_note(finding: Finding, result: DiagnosisResult, log_report) -> Text | None:
+    if log_report is None:
+        return None
+    n = next((i for i, f in enumerate(result.findings) if f is finding), None)
+    joined = log_report.finding_lines.get(n) if n is not None else None
+    if joined is None:
+        return Text("log: not logged", style="dim")
+    r = joined.record
+    return Text(f"log: {r.describe()}  ({r.file}:{r.line})", style="magenta")
+
+
+def timeline(finding: Finding, result: DiagnosisResult, log_note: Text | None = None) -> RenderableType:
     """Both connections side by side in time, as the seed article walks through a capture."""
     moments = _moments(finding, result)
     start = moments[0].ts_ns if moments else finding.ts_ns
@@ -267,6 +302,8 @@ def timeline(finding: Finding, result: DiagnosisResult) -> RenderableType:
     if ids:
         lines.append(Text("request id: " + ", ".join(f"{name}: {value}" for name, value in ids), style="dim"))
     lines.append(Text(f"wireshark: {wireshark_filter(finding.client_flow, finding.target_flow)}", style="dim"))
+    if log_note is not None:
+        lines.append(log_note)
     return Group(*lines, table, Text.assemble(("Fix: ", "bold"), finding.recommendation))
 
 
