@@ -91,7 +91,8 @@ def test_committed_samples_are_what_the_generator_writes(generated):
 
 def test_crafted_api_writes_one_capture_and_its_truth(tmp_path):
     paths = craft.CRAFTED["alb-target-fin-502"](tmp_path)
-    assert [p.name for p in paths] == ["alb-target-fin-502.pcap", "alb-target-fin-502.expected.json"]
+    assert [p.name for p in paths] == ["alb-target-fin-502.pcap", "alb-target-fin-502.expected.json",
+                                       "alb-target-fin-502.log"]
 
 
 def modular_le(a: int, b: int) -> bool:

@@ -39,13 +39,14 @@ apply them to other captures too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
@@ -380,6 +381,11 @@ class Exchange:
     target_request: Sent
     target_response: Sent
     client_response: Sent
+    trace_id: str = ""
+    received_bytes: int = 0
+    sent_bytes: int = 0
+    request: Message | None = None
+    status: int = 200
 
 
 class Alb:
@@ -388,6 +394,9 @@ class Alb:
     def __init__(self, scenario: str) -> None:
         self.capture = Capture()
         self.rng = random.Random(f"alb-pcap craft {scenario}")
+        self.traces: list[str] = []
+        """Every X-Amzn-Trace-Id the ALB added, in order (its access log's trace_id)."""
+        self.log: list[LogEntry] = []
 
     def trace_id(self, ts_us: int) -> str:
         return f"Root=1-{ts_us // SECOND:08x}-{self.rng.getrandbits(96):024x}"
@@ -408,6 +417,7 @@ class Alb:
         headers = (("X-Forwarded-For", client.ip), ("X-Forwarded-Proto", "http"),
                    ("X-Forwarded-Port", str(LISTENER_PORT)), ("Host", request.header("Host")),
                    ("X-Amzn-Trace-Id", trace_id or self.trace_id(ts_us)))
+        self.traces.append(headers[-1][1])
         return Message(request.start_line,
                        headers + request.without("Host", "Connection", "Keep-Alive"), request.body)
 
@@ -437,10 +447,90 @@ class Alb:
         answered = back.send(ACCEPTOR, at, target_response.raw())
         relayed = alb_client_response(target_response, close=close_client)
         delivered = front.send(ACCEPTOR, answered.last.ts_us + ALB_PROCESSING_US, relayed.raw())
-        return Exchange(back, client_sent, target_sent, answered, delivered)
+        done = Exchange(back, client_sent, target_sent, answered, delivered, self.traces[-1],
+                        len(request.raw()), len(relayed.raw()), request, int(target_response.start_line.split()[1]))
+        self.log_exchange(front, done)
+        return done
+
+    # -- the access log: one entry per request, the fields the article and the KB show -------------
+
+    def log_exchange(self, front: TcpConversation, ex: Exchange) -> None:
+        """A relayed response: request, target and response processing times from the frames."""
+        self.log.append(LogEntry(
+            received_us=ex.client_request.first.ts_us, done_us=ex.client_response.last.ts_us, front=front,
+            back=ex.back, request=ex.request, trace_id=ex.trace_id, elb_status=ex.status,
+            target_status=str(ex.status),
+            times=(ex.target_request.first.ts_us - ex.client_request.last.ts_us,
+                   ex.target_response.first.ts_us - ex.target_request.last.ts_us,
+                   ex.client_response.first.ts_us - ex.target_response.last.ts_us),
+            received_bytes=ex.received_bytes, sent_bytes=ex.sent_bytes))
+
+    def log_error(self, front: TcpConversation, back: TcpConversation, request: Message, received: Sent,
+                  done_us: int, status: int, sent_bytes: int, finding: Finding | None = None) -> None:
+        """The ALB's own 502/504/460: target_status_code "-", target and response processing times -1."""
+        self.log.append(LogEntry(
+            received_us=received.first.ts_us, done_us=done_us, front=front, back=back, request=request,
+            trace_id=self.traces[-1], elb_status=status, target_status="-",
+            times=(received.last.ts_us - received.first.ts_us, None, None),
+            received_bytes=len(request.raw()), sent_bytes=sent_bytes, finding=finding))
 
     def answer(self, front: TcpConversation, status: int, ts_us: int) -> Sent:
         return front.send(ACCEPTOR, ts_us, alb_error(status, ts_us).raw())
+
+
+# --- the ALB access log ------------------------------------------------------
+
+ALB_RESOURCE = "app/alb-demo/1fa8b17e4c17e7c7"
+TARGET_GROUP_ARN = ("arn:aws:elasticloadbalancing:ap-southeast-2:592752082067:"
+                    "targetgroup/alb-demo/e1419229e570d841")
+
+
+@dataclass(eq=False)
+class LogEntry:
+    """One access-log entry of the crafted ALB, in the documented field order when written."""
+
+    received_us: int
+    done_us: int
+    front: TcpConversation
+    back: TcpConversation | None
+    request: Message
+    trace_id: str
+    elb_status: int
+    target_status: str
+    times: tuple[int | None, int | None, int | None]
+    """request, target and response processing times in µs; None is logged -1."""
+    received_bytes: int
+    sent_bytes: int
+    finding: Finding | None = None
+    """The finding this entry is the log line of (set by the scenario)."""
+
+    def line(self) -> str:
+        def seconds(us: int | None) -> str:
+            return "-1" if us is None else f"{max(us, 0) / SECOND:.3f}"
+
+        method, path, version = self.request.start_line.split(" ")
+        client = f"{self.front.hosts[OPENER].ip}:{self.front.ports[OPENER]}"
+        target = f"{TARGET.ip}:{TARGET_PORT}"
+        conn_trace = "TID_" + hashlib.sha256(self.front.flow.encode()).hexdigest()[:32]
+        fields = [
+            "http", iso_us(self.done_us), ALB_RESOURCE, client, target, *(seconds(t) for t in self.times),
+            str(self.elb_status), self.target_status, str(self.received_bytes), str(self.sent_bytes),
+            f'"{method} http://{self.request.header("Host")}:{LISTENER_PORT}{path} {version}"',
+            f'"{self.request.header("User-Agent") or "-"}"', "-", "-", TARGET_GROUP_ARN,
+            f'"{self.trace_id}"', '"-"', '"-"', "0", iso_us(self.received_us), '"forward"', '"-"', '"-"',
+            f'"{target}"', f'"{self.target_status}"', '"-"', '"-"', conn_trace, '"-"', '"-"', '"-"',
+        ]
+        return " ".join(fields)
+
+
+def iso_us(ts_us: int) -> str:
+    seconds, micros = divmod(ts_us, SECOND)
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def access_log(entries: list[LogEntry]) -> str:
+    """Entries in the order the ALB wrote them (by response time)."""
+    return "".join(e.line() + "\n" for e in sorted(entries, key=lambda e: e.done_us))
 
 
 # --- scenarios --------------------------------------------------------------
@@ -467,6 +557,8 @@ class Crafted:
     timers: dict
     frames: list[Frame]
     findings: list[Finding]
+    log: list[LogEntry] = field(default_factory=list)
+    """The ALB's access log for the capture's requests (``<name>.log``)."""
 
 
 def timers(idle: int, *, target_keepalive: int | None = None, client_keepalive: int | None = None,
@@ -499,14 +591,16 @@ def gateway_timeout() -> Crafted:
     """Article error 1: request out at 25421.860, ALB FIN to the target at 25481.863, 504."""
     alb = Alb("alb-gateway-timeout")
     front, request_at = alb.accept(CLIENT, at_epoch("2025-12-14T09:10:03+00:00"), EC2_CLIENT_RTT_US)
-    back, client_sent, target_sent = alb.forward(front, None, request_at,
-                                                 client_request("curl", "/slow.php"))
+    request = client_request("curl", "/slow.php")
+    back, client_sent, target_sent = alb.forward(front, None, request_at, request)
     gave_up = back.fin(OPENER, target_sent.last.ts_us + 60 * SECOND)
     back.ack(ACCEPTOR, back.after(ACCEPTOR, gave_up.ts_us))
     answered = alb.answer(front, 504, gave_up.ts_us + ALB_PROCESSING_US)
     curl_closes(front, answered)
     finding = Finding("gateway_timeout", gave_up, "target", front.flow, back.flow, 504,
                       [client_sent.first, target_sent.first, gave_up, answered.first])
+    alb.log_error(front, back, request, client_sent, answered.last.ts_us, 504,
+                  len(alb_error(504, answered.first.ts_us).raw()), finding)
     return Crafted(
         "alb-gateway-timeout", "alb-gateway-timeout",
         "curl GETs /slow.php; the ALB relays it to the target, which never answers. Exactly "
@@ -517,15 +611,15 @@ def gateway_timeout() -> Crafted:
         "a response, not idle, and it is one event. The target only ACKs the FIN (its script is "
         "still running when the capture ends).",
         topology([CLIENT], "Apache/2.4.58 + PHP, /slow.php runs longer than 60 s"),
-        timers(60), alb.capture.frames(), [finding])
+        timers(60), alb.capture.frames(), [finding], alb.log)
 
 
 def target_fin_502() -> Crafted:
     """Article error 2: request out at 9688.184, target FIN 11 s later, 502."""
     alb = Alb("alb-target-fin-502")
     front, request_at = alb.accept(CLIENT, at_epoch("2025-12-14T11:42:17+00:00"), EC2_CLIENT_RTT_US)
-    back, client_sent, target_sent = alb.forward(front, None, request_at,
-                                                 client_request("curl", "/report.php"))
+    request = client_request("curl", "/report.php")
+    back, client_sent, target_sent = alb.forward(front, None, request_at, request)
     target_fin = back.fin(ACCEPTOR, target_sent.last.ts_us + 11 * SECOND)
     answered = alb.answer(front, 502, target_fin.ts_us + ALB_PROCESSING_US)
     alb_fin = back.fin(OPENER, answered.first.ts_us + TURNAROUND_US)
@@ -533,13 +627,15 @@ def target_fin_502() -> Crafted:
     curl_closes(front, answered)
     finding = Finding("target_reset", target_fin, "target", front.flow, back.flow, 502,
                       [client_sent.first, target_sent.first, target_fin, answered.first])
+    alb.log_error(front, back, request, client_sent, answered.last.ts_us, 502,
+                  len(alb_error(502, answered.first.ts_us).raw()), finding)
     return Crafted(
         "alb-target-fin-502", "alb-target-fin-502",
         "curl GETs /report.php; 11 s after the ALB relayed it, the target's script timeout kills "
         "the worker, which closes the connection with a FIN and no response. The ALB answers the "
         "client 502 (Server: awselb/2.0) and closes its side of the target connection.",
         topology([CLIENT], "Apache/2.4.58 + PHP, worker killed by a script timeout after 11 s"),
-        timers(60), alb.capture.frames(), [finding])
+        timers(60), alb.capture.frames(), [finding], alb.log)
 
 
 # The access-log line the article prints for its 460.
@@ -552,9 +648,8 @@ def client_timeout_460() -> Crafted:
     alb = Alb("alb-client-timeout-460")
     received = at_epoch(ARTICLE_460_RECEIVED)
     front = alb.accept_for(CLIENT, received, EC2_CLIENT_RTT_US)
-    back, client_sent, target_sent = alb.forward(front, None, received,
-                                                 client_request("python-requests", "/delay.php"),
-                                                 trace_id=ARTICLE_460_TRACE_ID)
+    request = client_request("python-requests", "/delay.php")
+    back, client_sent, target_sent = alb.forward(front, None, received, request, trace_id=ARTICLE_460_TRACE_ID)
     # requests' read timeout runs from the request's send: 10 s later at the capture point too.
     gave_up, alb_fin, _ = front.close(OPENER, client_sent.last.ts_us + 10 * SECOND)
     # The ALB cannot reuse a connection with a request outstanding, so it closes it as well.
@@ -567,6 +662,8 @@ def client_timeout_460() -> Crafted:
     back.rst(OPENER, back.after(OPENER, late.last.ts_us))
     finding = Finding("client_abort", gave_up, "client", front.flow, back.flow, None,
                       [client_sent.first, target_sent.first, gave_up, cancelled], proxy_status=460)
+    # The article's line: 0.000 -1 -1 460 - 151 0, logged when the client left.
+    alb.log_error(front, back, request, client_sent, gave_up.ts_us + ALB_PROCESSING_US, 460, 0, finding)
     return Crafted(
         "alb-client-timeout-460", "alb-client-timeout-460",
         "python-requests/2.25.1 GETs /delay.php with timeout=10 and closes (FIN) 10 s later "
@@ -577,7 +674,7 @@ def client_timeout_460() -> Crafted:
         "a request outstanding); the target's answer at 15 s meets the closed socket and the ALB "
         "resets it (RST).",
         topology([CLIENT], "Apache/2.4.58 + PHP, /delay.php sleeps 15 s"),
-        timers(60, client_timeout=10), alb.capture.frames(), [finding])
+        timers(60, client_timeout=10), alb.capture.frames(), [finding], alb.log)
 
 
 def keepalive_race() -> Crafted:
@@ -601,6 +698,7 @@ def keepalive_race() -> Crafted:
     acked_before = back.nxt[OPENER]  # all the target had received when it sent its FIN
     relayed = alb.target_request(request, CLIENT, relay_at)
     target_sent = back.send(OPENER, relay_at, relayed.raw(), acked=False)
+    race_trace = alb.traces[-1]
     target_fin = back.fin(ACCEPTOR, closes_at, ack=acked_before)
     alb_ack = back.ack(OPENER, back.after(OPENER, target_fin.ts_us))
     # The target's closed socket resets the request (seq taken from the request's ACK, i.e.
@@ -612,6 +710,9 @@ def keepalive_race() -> Crafted:
     finding = Finding("keepalive_race", target_fin, "target", curl.flow, back.flow, 502,
                       [idle_from, client_sent.first, target_sent.first, target_fin, reset,
                        answered.first])
+    assert alb.traces[-1] == race_trace
+    alb.log_error(curl, back, request, client_sent, answered.last.ts_us, 502,
+                  len(alb_error(502, answered.first.ts_us).raw()), finding)
     return Crafted(
         "alb-keepalive-race", "alb-keepalive-race",
         "A browser makes two healthy requests; the ALB opens one target connection and reuses "
@@ -621,7 +722,7 @@ def keepalive_race() -> Crafted:
         "with RST and the ALB answers curl 502 (Server: awselb/2.0), without retrying. Expected: "
         "one keepalive_race (not also a target_keepalive_close for the same FIN).",
         topology([BROWSER, CLIENT], "Node.js/Express, keepAliveTimeout 5 s"),
-        timers(60, target_keepalive=5), alb.capture.frames(), [finding])
+        timers(60, target_keepalive=5), alb.capture.frames(), [finding], alb.log)
 
 
 def idle_close_both_sides(front: TcpConversation, page: Exchange, idle_us: int
@@ -663,7 +764,7 @@ def idle_timeout_keepalive_probes() -> Crafted:
         "last HTTP data (the article's pkt#468 -> pkt#3875), and the target connection 60 s "
         "after the target's response (nginx would keep it 75 s).",
         topology([BROWSER], "nginx/1.22.1, keepalive_timeout 75 s"),
-        timers(60, target_keepalive=75), alb.capture.frames(), findings)
+        timers(60, target_keepalive=75), alb.capture.frames(), findings, alb.log)
 
 
 def idle_timeout_both_sides() -> Crafted:
@@ -685,7 +786,7 @@ def idle_timeout_both_sides() -> Crafted:
         "after one request the ALB closes both connections exactly 5 s after the last HTTP data "
         "on each, before the target would.",
         topology([BROWSER], "Apache/2.4.58, KeepAliveTimeout 10"),
-        timers(5, target_keepalive=10), alb.capture.frames(), findings)
+        timers(5, target_keepalive=10), alb.capture.frames(), findings, alb.log)
 
 
 def client_keepalive_duration() -> Crafted:
@@ -706,6 +807,7 @@ def client_keepalive_duration() -> Crafted:
     expired, _, _ = front.close(ACCEPTOR, last.client_response.last.ts_us + TURNAROUND_US)
     finding = Finding("client_keepalive_expiry", expired, "client", front.flow, None, 200,
                       [front.syn, last.client_request.first, last.client_response.first, expired])
+    alb.log[-1].finding = finding  # the request served with Connection: close
     return Crafted(
         "alb-client-keepalive-duration", "alb-client-keepalive-duration",
         "ALB idle timeout 300 s, HTTP client keep-alive duration 60 s. A python-requests session "
@@ -713,7 +815,7 @@ def client_keepalive_duration() -> Crafted:
         "ALB serves that request with Connection: close and closes the client connection (FIN). "
         "The target connection stays open (nginx keeps it 75 s, requests come more often).",
         topology([CLIENT], "nginx/1.22.1, keepalive_timeout 75 s"),
-        timers(300, target_keepalive=75, client_keepalive=60), alb.capture.frames(), [finding])
+        timers(300, target_keepalive=75, client_keepalive=60), alb.capture.frames(), [finding], alb.log)
 
 
 def target_keepalive_close() -> Crafted:
@@ -734,7 +836,7 @@ def target_keepalive_close() -> Crafted:
         "after its last response and the ALB closes its side too. No error: nothing was in "
         "flight. The client connection stays open (ALB idle timeout 60 s).",
         topology([BROWSER], "Apache/2.4.58, KeepAliveTimeout 10"),
-        timers(60, target_keepalive=10), alb.capture.frames(), [finding])
+        timers(60, target_keepalive=10), alb.capture.frames(), [finding], alb.log)
 
 
 # --- mirror artefacts -------------------------------------------------------
@@ -859,6 +961,15 @@ def expected(crafted: Crafted) -> dict:
     number = {}
     for n, frame in enumerate(crafted.frames, 1):
         number.setdefault(frame.source, n)
+    log_file = f"{crafted.name}.log"
+    lines = {id(e.finding): n for n, e in enumerate(sorted(crafted.log, key=lambda e: e.done_us), 1)
+             if e.finding is not None}
+    findings = []
+    for f in crafted.findings:
+        out = finding_json(f, number)
+        # The access-log line that records this finding's request; null: not logged (no request).
+        out["log"] = {"file": log_file, "line": lines[id(f)]} if id(f) in lines else None
+        findings.append(out)
     return {
         "capture": f"{crafted.name}.pcap",
         "scenario": crafted.scenario,
@@ -867,7 +978,8 @@ def expected(crafted: Crafted) -> dict:
         "source": "crafted from the seed article's timings",
         "topology": crafted.topology,
         "timers": crafted.timers,
-        "findings": [finding_json(f, number) for f in crafted.findings],
+        "access_log": log_file,
+        "findings": findings,
     }
 
 
@@ -889,9 +1001,11 @@ def write(build: Callable[[], Crafted], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     pcap = out_dir / f"{crafted.name}.pcap"
     truth = out_dir / f"{crafted.name}.expected.json"
+    log = out_dir / f"{crafted.name}.log"
     write_pcap(pcap, crafted.frames)
     truth.write_text(json.dumps(expected(crafted), indent=2) + "\n")
-    return [pcap, truth]
+    log.write_text(access_log(crafted.log))
+    return [pcap, truth, log]
 
 
 BUILDERS: dict[str, Callable[[], Crafted]] = {
