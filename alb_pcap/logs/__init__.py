@@ -3,4 +3,4 @@
 from .model import LogLine
 from .parse import LineParser, custom_parser
 
-__all__ = ["LogLine", "LineParser", "custom_parser"]
+__all__ = ["LineParser", "LogLine", "custom_parser"]

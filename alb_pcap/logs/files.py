@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import gzip
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -30,10 +30,18 @@ capture's time span, that side not captured, or no failing transaction on the wi
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
-from ..correlate import SEC, ExchangeRef, Leg, Transaction, _uri_tail, host_of, split_flow
+from ..correlate import (
+    SEC,
+    ExchangeRef,
+    Leg,
+    Transaction,
+    _uri_tail,
+    host_of,
+    split_flow,
+)
 from ..detect import Finding
 from ..diagnose import DiagnosisResult
 from ..model import Connection, Exchange
@@ -144,7 +152,7 @@ class _Index:
         for n, f in enumerate(result.findings):
             if f.exchange is not None:
                 self.by_key.setdefault(f.exchange, []).append(n)
-            if f.client_flow:
+            if f.client_flow and f.exchange is None:  # a transaction's finding joins through it, URI checked
                 opener = split_flow(f.client_flow)[0]
                 self.by_client.setdefault(opener, []).append(n)
                 self.by_client.setdefault(host_of(opener), []).append(n)
@@ -154,7 +162,7 @@ class _Index:
         return _best(found, self.result.findings)
 
     def finding_by_flow(self, line: LogLine) -> int | None:
-        """A finding on the logged client connection at the line's time (no transaction to go by)."""
+        """A finding with no transaction on the logged client connection at the line's time."""
         if not line.client:
             return None
         lo, hi = _life(line)
@@ -204,9 +212,7 @@ def _life(line: LogLine) -> tuple[float, float]:
 def _same_request(line: LogLine, ref: ExchangeRef) -> bool:
     if line.method and ref.method and line.method != ref.method:
         return False
-    if line.uri and ref.uri and line.uri != ref.uri and _uri_tail(line.uri) != _uri_tail(ref.uri):
-        return False
-    return True
+    return not (line.uri and ref.uri and line.uri != ref.uri and _uri_tail(line.uri) != _uri_tail(ref.uri))
 
 
 def _distance(line: LogLine, leg: Leg) -> float | None:

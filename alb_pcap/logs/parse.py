@@ -22,8 +22,8 @@ Times without a zone (nginx error.log, HAProxy's dates, a syslog prefix) are rea
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import datetime, timezone
 
 from .model import LogLine
 
