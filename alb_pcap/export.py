@@ -16,6 +16,7 @@ from .model import ORIG, Anomaly, CaptureStats, Close, Connection, Exchange
 from .pipeline import Summary
 
 SCHEMA = "alb-pcap/1"
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(.., separators=..) builds one a call
 _SIDE = {ORIG: "orig", 1: "resp"}
 
 
@@ -74,7 +75,7 @@ def exchange_dict(ex: Exchange, flow: str) -> dict:
         "host": ex.host,
         "status": ex.status,
         "reason": ex.reason,
-        "interim": list(ex.interim),
+        "interim": ex.interim,  # tuples are JSON arrays: no copies
         "request_body_len": ex.request_body_len,
         "response_body_len": ex.response_body_len,
         "request_start": seconds(ex.request_start_ns),
@@ -84,8 +85,8 @@ def exchange_dict(ex: Exchange, flow: str) -> dict:
         "request_frame": ex.request_frame,
         "response_frame": ex.response_frame,
         "ended": ex.ended,
-        "request_headers": [list(h) for h in ex.request_headers],
-        "response_headers": [list(h) for h in ex.response_headers],
+        "request_headers": ex.request_headers,
+        "response_headers": ex.response_headers,
     }
 
 
@@ -129,7 +130,7 @@ class JsonExport:
         spool = self._spools[name]
         if self._counts[name]:
             spool.write(",\n")
-        spool.write(json.dumps(record, separators=(",", ":")))
+        spool.write(_compact(record))
         self._counts[name] += 1
 
     def finish(self, summary: Summary, out: IO[str], diagnosis: dict | None = None) -> None:

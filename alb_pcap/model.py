@@ -8,6 +8,7 @@ and are formatted only when a record leaves the pipeline.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Packet(NamedTuple):
     vni: int | None  # VXLAN/Geneve VNI of the tunnel it came in, if any
 
 
+@functools.lru_cache(maxsize=4096)  # a capture has few addresses; ip_address() costs ~2 µs a call
 def format_addr(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
 

@@ -18,28 +18,37 @@ SERVERS = (("awselb", "ALB"), ("nginx", "nginx"), ("apache", "Apache"), ("caddy"
 PROXY_MADE = frozenset({408, 460, 499, 502, 503, 504})
 
 
-def from_response(headers: tuple[tuple[str, str], ...], status: int | None) -> str | None:
-    """The proxy named by a response it sent to a client (front side)."""
-    names = [name for name, _ in headers]
-    if any(n.lower().startswith("x-envoy-") for n in names):
+def from_response(headers: tuple[tuple[str, str], ...], status: int | None,
+                  lowered: dict[str, str] | None = None) -> str | None:
+    """The proxy named by a response it sent to a client (front side).
+
+    ``lowered``: the headers by lower-cased name, when the caller has them already (``ref_of``).
+    """
+    if lowered is None:
+        lowered = {n.lower(): v for n, v in headers}
+    if any(n.startswith("x-envoy-") for n in lowered):
         return "Envoy"
     if status not in PROXY_MADE:
         return None  # a relayed response speaks for the target
-    server = next((v.lower() for n, v in headers if n.lower() == "server"), None)
+    server = next((v.lower() for n, v in headers if n.lower() == "server"), None)  # the first one
     if server is None:
-        return "HAProxy" if names and all(n.islower() for n in names) else None
+        return "HAProxy" if headers and all(n.islower() for n, _ in headers) else None
     return next((name for prefix, name in SERVERS if server.startswith(prefix)), None)
 
 
-def from_request(headers: tuple[tuple[str, str], ...], ts_ns: int | None = None) -> str | None:
-    """The proxy named by a request it sent to a target (back side)."""
-    names = [name for name, _ in headers]
-    lowered = {n.lower(): v for n, v in headers}
+def from_request(headers: tuple[tuple[str, str], ...], ts_ns: int | None = None,
+                 lowered: dict[str, str] | None = None) -> str | None:
+    """The proxy named by a request it sent to a target (back side).
+
+    ``lowered``: the headers by lower-cased name (the last value), when the caller has them already.
+    """
+    if lowered is None:
+        lowered = {n.lower(): v for n, v in headers}
     if any(n.startswith("x-envoy-") for n in lowered):
         return "Envoy"
     if "x-forwarded-server" in lowered:
         return "Apache"
-    if len(names) >= 2 and all(n.islower() for n in names):
+    if len(headers) >= 2 and all(n.islower() for n, _ in headers):
         return "HAProxy"
     if "x-forwarded-for" in lowered and _alb_trace(lowered.get("x-amzn-trace-id"), ts_ns):
         return "ALB"
