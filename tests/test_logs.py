@@ -244,28 +244,7 @@ def test_why_not_outside_the_capture_and_side_not_captured():
 from datetime import datetime, timezone
 
 from alb_pcap.correlate import split_flow
-
-
-def httplog_line(r: dict) -> str:
-    """HAProxy's option httplog line for one of the lab's proxy_log records (its %tr is request_ts)."""
-    t = datetime.fromtimestamp(r["request_ts"], timezone.utc)
-    date = t.strftime("%d/%b/%Y:%H:%M:%S") + f".{round(r['request_ts'] * 1000) % 1000:03d}"
-    return (f"Nov 22 03:14:55 lab haproxy[4242]: {r['client']} [{date}] alb targets/t1 "
-            f"{r['TR']}/{r['Tw']}/{r['Tc']}/{r['Tr']}/{r['Ta']} {r['status']} {r['bytes_read']} - - {r['tsc']} "
-            f"1/1/0/0/{r['retries']} 0/0 \"{r['request']}\"")
-
-
-def nginx_upstream_line(r: dict) -> str:
-    """combined + $upstream_addr $upstream_status $upstream_response_time $request_time $remote_port $msec."""
-    t = datetime.fromtimestamp(r["ts"], timezone.utc)
-    ip, port = r["client"].rsplit(":", 1)
-
-    def value(v):
-        return v or "-"
-
-    return (f"{ip} - - [{t.strftime('%d/%b/%Y:%H:%M:%S +0000')}] \"{r['request']}\" {r['status']} 0 \"-\" "
-            f"\"-\" {value(r['upstream_addr'])} {value(r['upstream_status'])} {value(r['upstream_header_time'])} "
-            f"{r['request_time']:.3f} {port} {r['ts']:.3f}")
+from alb_pcap.lab.stdlogs import httplog_line, nginx_upstream_line, standard_access_log
 
 
 def nginx_error_line(r: dict) -> str:
@@ -349,3 +328,21 @@ def test_nginx_error_log_lines_join_the_lab_captures(scenario, tmp_path):
     assert failed
     _, result, report = _lab_join(f"{scenario}-nginx", nginx_error_line, tmp_path, records=failed)
     assert _explained_on_its_connection(result, report) == len(failed)
+
+
+@pytest.mark.parametrize("proxy,fmt", [("haproxy", "haproxy_httplog"), ("nginx", "nginx_upstream"),
+                                       ("apache", None), ("caddy", None)])
+def test_the_lab_writes_standard_access_logs(proxy, fmt):
+    """Each lab run's proxy_log rendered in the proxy's standard format: every record one parsable line."""
+    from alb_pcap.logs.parse import LineParser
+
+    truth = json.loads((SAMPLES / f"mixed-{proxy}.expected.json").read_text())
+    text = standard_access_log(proxy, truth["proxy_log"])
+    if fmt is None:
+        assert text is None
+        return
+    parser = LineParser()
+    records = [parser.parse(line, "x", n) for n, line in enumerate(text.splitlines(), 1)]
+    assert len(records) == len(truth["proxy_log"]) and parser.unparsed == 0
+    assert {r.format for r in records} == {fmt}
+    assert [r.client for r in records if ":" in r.client] == [t["client"] for t in truth["proxy_log"]]

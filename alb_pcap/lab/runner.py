@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import expected, proxies
+from . import expected, proxies, stdlogs
 from .netns import (
     CLIENT_IPS,
     LISTENER_PORT,
@@ -184,6 +184,9 @@ def _write_outputs(scenario: Scenario, stem: str, run_dir: Path, out_dir: Path,
             shutil.copyfileobj(src, dst)
     expected_path = out_dir / f"{stem}.expected.json"
     expected_path.write_text(dumps_expected(truth))
+    access_log = stdlogs.standard_access_log(truth.get("proxy", ""), truth.get("proxy_log", []))
+    if access_log is not None:  # for analyze --log: the same requests in the proxy's standard format
+        (out_dir / f"{stem}.access.log").write_text(access_log)
     return RunResult(capture, expected_path, truth, expected.missing(scenario, truth))
 
 
