@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from functools import lru_cache
 from zlib import crc32
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ def split_flow(flow: str) -> tuple[str, str]:
     return opener, acceptor
 
 
+@lru_cache(maxsize=1 << 16)
 def host_of(endpoint: str) -> str:
-    """``1.2.3.4:80`` -> ``1.2.3.4``; ``[2001:db8::1]:80`` -> ``2001:db8::1``."""
+    """``1.2.3.4:80`` -> ``1.2.3.4``; ``[2001:db8::1]:80`` -> ``2001:db8::1``. Cached: asked per exchange."""
     return endpoint.rpartition(":")[0].strip("[]")
 
 
@@ -487,6 +489,7 @@ class RoleFinder:
     def __init__(self, roles: Roles) -> None:
         self.roles = roles
         self._recent: dict[tuple, deque[ExchangeRef]] = {}
+        self._unknown: dict[tuple, deque[ExchangeRef]] = {}  # the recent ones whose connection had no role
         self._arrivals: deque[tuple[int, tuple]] = deque()
         self._votes: dict[tuple[str, str], int] = {}
 
@@ -494,21 +497,27 @@ class RoleFinder:
         if ref.request_start_ns is None or ref.method is None:
             return
         self._forget(ref.start_ns - self.HORIZON_NS)
-        for other in self._recent.get(ref.content, ()):
+        known = self.roles.conn_side(ref.opener, ref.acceptor) is not None
+        # a pair teaches something only if one of the two has no role yet: once every address has
+        # one, only the (rare) exchanges of unknown connections are compared with anything
+        for other in self._recent.get(ref.content, ()) if not known else self._unknown.get(ref.content, ()):
             for outer, inner in ((other, ref), (ref, other)):
                 if self._encloses(outer, inner):
                     self._vote(outer, inner)
         self._recent.setdefault(ref.content, deque(maxlen=32)).append(ref)
+        if not known:
+            self._unknown.setdefault(ref.content, deque(maxlen=32)).append(ref)
         self._arrivals.append((ref.start_ns, ref.content))
 
     def _forget(self, before_ns: int) -> None:
         while self._arrivals and self._arrivals[0][0] < before_ns:
             _, key = self._arrivals.popleft()
-            recent = self._recent.get(key)
-            while recent and recent[0].start_ns < before_ns:
-                recent.popleft()
-            if recent is not None and not recent:
-                del self._recent[key]
+            for index in (self._recent, self._unknown):
+                recent = index.get(key)
+                while recent and recent[0].start_ns < before_ns:
+                    recent.popleft()
+                if recent is not None and not recent:
+                    del index[key]
 
     def _encloses(self, outer: ExchangeRef, inner: ExchangeRef) -> bool:
         """``inner`` is ``outer`` sent on by a proxy: the same request, a little later."""
