@@ -127,7 +127,8 @@ class ExchangeRef(NamedTuple):
         return self.conn_id, self.index
 
 
-def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
+def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
+    """``hints``: work out which proxy software the headers name (costly; only while it is not known)."""
     # One pass per header list (the last value wins, as Exchange.header): this runs per exchange.
     request = {name.lower(): value for name, value in ex.request_headers}
     response = {name.lower(): value for name, value in ex.response_headers}
@@ -142,8 +143,8 @@ def ref_of(ex: Exchange, flow: str) -> ExchangeRef:
         _request_ids(request), (ex.method, _uri_tail(ex.uri), ex.request_body_len), _fingerprint(request),
         _last_hop(request.get("x-forwarded-for")),
         _int(request.get("x-forwarded-port")), response.get("server"),
-        from_request(ex.request_headers, ex.request_start_ns, request),
-        from_response(ex.response_headers, ex.status, response),
+        from_request(ex.request_headers, ex.request_start_ns, request) if hints else None,
+        from_response(ex.response_headers, ex.status, response) if hints or ex.status in PROXY_STATUSES else None,
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
@@ -199,10 +200,18 @@ NOT_CONTENT = frozenset({
 def _fingerprint(headers: dict[str, str]) -> int:
     """One bit per end-to-end header (name, value), in 64 bits: cheap to keep, cheap to compare."""
     bits = 0
-    for name, value in headers.items():
-        if name not in NOT_CONTENT:
-            bits |= 1 << (crc32(f"{name}\0{value}".encode(errors="replace")) & 63)
+    for item in headers.items():
+        bit = _BITS.get(item)
+        if bit is None:
+            bit = 0 if item[0] in NOT_CONTENT else 1 << (crc32(f"{item[0]}\0{item[1]}".encode(errors="replace")) & 63)
+            if len(_BITS) >= 1 << 14:  # headers repeat (User-Agent, Accept...): remember, boundedly
+                _BITS.clear()
+            _BITS[item] = bit
+        bits |= bit
     return bits
+
+
+_BITS: dict[tuple[str, str], int] = {}
 
 
 def similarity(front: int, back: int) -> float:
@@ -339,6 +348,7 @@ class Roles:
         self.awselb: set[str] = set()  # front-side-only evidence
         self.version = 0
         self.paired_how: dict[int, Counter[str]] = {}
+        self._sides: dict[tuple[str, str], str | None] = {}
         self.hints = Hints()
         self._numbers = 0
         """Goes up when an address gets a role: what was filed before may be on the wrong side."""
@@ -353,6 +363,17 @@ class Roles:
         return "front"
 
     def conn_side(self, opener: str, acceptor: str) -> str | None:
+        """"front", "back" or None (not known yet). Asked several times per exchange: remembered
+        until the roles change."""
+        key = (opener, acceptor)
+        if key in self._sides:
+            return self._sides[key]
+        if len(self._sides) >= 1 << 16:
+            self._sides.clear()
+        side = self._sides[key] = self._conn_side(opener, acceptor)
+        return side
+
+    def _conn_side(self, opener: str, acceptor: str) -> str | None:
         if host_of(opener) in self.configured or f"ip:{host_of(opener)}" in self.proxy_of:
             return "back"
         if acceptor in self.targets:
@@ -371,8 +392,11 @@ class Roles:
 
     def assign(self, listener: str, back_ip: str, target: str) -> int:
         keys = (f"ep:{listener}", f"ip:{back_ip}")
-        if any(k not in self.proxy_of for k in keys):
-            self.version += 1
+        known = self.proxy_of.get(keys[0])
+        if known is not None and known == self.proxy_of.get(keys[1]) and self.targets.get(target) == known:
+            return known  # the usual case: nothing new
+        self.version += 1
+        self._sides.clear()
         numbers = {self.proxy_of[k] for k in keys if k in self.proxy_of}
         if not numbers:
             self._numbers += 1
@@ -490,6 +514,7 @@ class RoleFinder:
         self.roles = roles
         self._recent: dict[tuple, deque[ExchangeRef]] = {}
         self._unknown: dict[tuple, deque[ExchangeRef]] = {}  # the recent ones whose connection had no role
+        self._version = roles.version
         self._arrivals: deque[tuple[int, tuple]] = deque()
         self._votes: dict[tuple[str, str], int] = {}
 
@@ -497,6 +522,10 @@ class RoleFinder:
         if ref.request_start_ns is None or ref.method is None:
             return
         self._forget(ref.start_ns - self.HORIZON_NS)
+        if self._version != self.roles.version:  # roles were learnt: the unknown may be known now
+            self._version = self.roles.version
+            self._unknown = {key: deque((r for r in refs if self.roles.conn_side(r.opener, r.acceptor) is None),
+                                        maxlen=32) for key, refs in self._unknown.items()}
         known = self.roles.conn_side(ref.opener, ref.acceptor) is not None
         # a pair teaches something only if one of the two has no role yet: once every address has
         # one, only the (rare) exchanges of unknown connections are compared with anything
@@ -729,6 +758,8 @@ class Correlator:
 
     def _usable(self, ref: ExchangeRef, keys: list[tuple], front: bool) -> list[tuple]:
         """Leave out ids of headers seen to repeat across client requests: a static token is no request id."""
+        if not ref.request_ids:
+            return keys
         out = []
         for key in keys:
             if key[0] == "id":
@@ -762,7 +793,8 @@ class Correlator:
             matches = [b for b in matches if same_request(front, b) and self.roles.may_pair(front, b)]
         answered = [b for b in matches if b.answered]
         if len(answered) > 1:  # same request, overlapping: keep the likeliest
-            best = min(answered, key=lambda b: _distance(front, b))
+            best = min(answered, key=(lambda b: _distance(front, b)) if key[0] == "req" else
+                       (lambda b: b.start_ns - front.start_ns))
             matches = [b for b in matches if not b.answered or b is best]
         return matches, key[0] == "req" and _ambiguous(front, answered)
 
@@ -786,8 +818,8 @@ class Correlator:
 
         waiting = _pending(self._fronts, key, _alive_front)
         candidates = [tx for tx in waiting if free(tx) and causal(tx.front, back, self.window_ns)]
-        if key[0] != "req":
-            return min(candidates, key=lambda tx: _distance(tx.front, back), default=None), False
+        if key[0] != "req":  # the key says it is the same request: the nearest in time
+            return min(candidates, key=lambda tx: back.start_ns - tx.front.start_ns, default=None), False
         candidates = [tx for tx in candidates if same_request(tx.front, back) and self.roles.may_pair(tx.front, back)]
         best = min(candidates, key=lambda tx: _distance(tx.front, back), default=None)
         rivals = [tx.front for tx in candidates]

@@ -138,7 +138,10 @@ class Diagnosis:
     # -- Sink ---------------------------------------------------------------------
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
-        ref = ref_of(exchange, flow)
+        opener, _, acceptor = flow.partition("->")
+        side = self.roles.conn_side(opener, acceptor)
+        key = f"ip:{host_of(opener)}" if side == "back" else f"ep:{acceptor}" if side == "front" else None
+        ref = ref_of(exchange, flow, key is None or self.roles.hints.hungry(key))
         known = self.roles.version
         self.finder.observe(ref)
         if self.roles.version != known:

@@ -73,12 +73,22 @@ class Hints:
     """Hints per address (a listener ip:port or a back address), bounded."""
 
     MAX = 4096
+    ENOUGH = 256
+    """Exchanges looked at per address: by then the software has said what it is, or will not."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, Counter[str]] = {}
+        self._seen: dict[str, int] = {}
+
+    def hungry(self, *keys: str) -> bool:
+        """Is another exchange of these addresses worth reading for hints?"""
+        return any(self._seen.get(key, 0) < self.ENOUGH for key in keys)
 
     def add(self, key: str, hint: str | None) -> None:
-        if hint is not None and (key in self._by_key or len(self._by_key) < self.MAX):
+        if key not in self._seen and len(self._seen) >= self.MAX:
+            return
+        self._seen[key] = self._seen.get(key, 0) + 1
+        if hint is not None:
             self._by_key.setdefault(key, Counter())[hint] += 1
 
     def name(self, keys: tuple[str, ...]) -> str | None:
