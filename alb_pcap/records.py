@@ -123,6 +123,14 @@ def finding_dicts(r: DiagnosisResult) -> list[dict]:
     return [finding_dict(f, n, index) for n, f in enumerate(r.findings, 1)]
 
 
+def _not_listed(r: DiagnosisResult) -> dict[str, int]:
+    """Per kind, findings counted but not listed (beyond 200 of a kind; ``--all`` lists every one)."""
+    listed: dict[str, int] = {}
+    for f in r.findings:
+        listed[f.kind] = listed.get(f.kind, 0) + 1
+    return {kind: n - listed.get(kind, 0) for kind, n in r.finding_counts if n > listed.get(kind, 0)}
+
+
 def result_dict(r: DiagnosisResult) -> dict:
     """The diagnosis part of ``analyze --json``: merge into the document's top level."""
     c = r.counts
@@ -132,6 +140,7 @@ def result_dict(r: DiagnosisResult) -> dict:
         "verdict": list(r.verdict),
         "findings": finding_dicts(r),
         "finding_counts": dict(r.finding_counts),
+        "findings_not_listed": _not_listed(r),
         "transactions": [transaction_dict(tx) for tx in r.transactions],
         "connect_failures": [address_counts_dict(a) for a in r.connect_failures],
         "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),

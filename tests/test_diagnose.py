@@ -377,3 +377,14 @@ def test_two_mirror_files_with_skewed_clocks(tmp_path, run, skew):
     assert abs(summary.clock_offsets_ns[1] / 1e9 - skew) < 0.005
     s = score(sink.finish(), expected(front))
     assert (s.precision, s.recall) == (1.0, 1.0)
+
+
+def test_findings_beyond_the_cap_are_counted_and_said_to_be_unlisted():
+    from alb_pcap import pipeline as pl
+
+    sink = Diagnosis(keep_per_kind=1)
+    pl.analyze([str(SAMPLES / "mixed-nginx.pcap")], [sink])
+    doc = result_dict(sink.finish())
+    listed = {k: sum(f["kind"] == k for f in doc["findings"]) for k in doc["finding_counts"]}
+    assert all(listed[k] + doc["findings_not_listed"].get(k, 0) == n for k, n in doc["finding_counts"].items())
+    assert doc["findings_not_listed"] == {"target_keepalive_close": 3, "target_reset": 1}
