@@ -35,22 +35,22 @@ def _counter_table(title: str, label: str, counts: dict) -> Table:
     return table
 
 
-def captures_table(summary: Summary) -> Table:
-    table = Table(title="Captures", title_justify="left", show_edge=False)
-    for col in ("file", "format", "frames", "decoded", "duplicate", "skipped", "truncated", "tunnels"):
-        table.add_column(col, justify="right" if col in ("frames", "decoded", "duplicate", "truncated") else "left",
-                         no_wrap=col in ("file", "format"))
+def captures_view(summary: Summary) -> Group:
+    """One entry per capture, as lines that wrap: a table would cut a long path at width 80."""
+    lines: list[RenderableType] = [Text("Captures", style="bold")]
     for c in summary.captures:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in c.skipped.most_common()) or "0"
-        tunnels = ", ".join(f"{name}: {n}" for name, n in c.tunnels.most_common()) or "none"
-        table.add_row(c.path, c.format, str(c.frames), str(c.decoded), str(c.duplicates),
-                      skipped, str(c.truncated), tunnels)
-    return table
+        skipped = ", ".join(f"{n:,} {reason}" for reason, n in c.skipped.most_common())
+        tunnels = ", ".join(f"{name}: {n:,}" for name, n in c.tunnels.most_common())
+        lines.append(Padding(Text.assemble(
+            (c.path, "bold"), f"  {c.format}, {c.frames:,} frames: {c.decoded:,} decoded, "
+            f"{c.duplicates:,} mirror duplicates, {skipped or 'none'} skipped, {c.truncated:,} truncated"
+            + (f"; tunnels {tunnels}" if tunnels else "")), (0, 0, 0, 2), expand=False))
+    return Group(*lines)
 
 
 def summary_view(summary: Summary) -> Group:
     parts: list[RenderableType] = [
-        captures_table(summary),
+        captures_view(summary),
         Text.from_markup(
             f"\n[bold]{summary.connections}[/] TCP connections, [bold]{summary.exchanges}[/] HTTP "
             f"exchanges, {summary.keepalive_probes} TCP keep-alive probes"
@@ -198,15 +198,15 @@ def details_view(summary: Summary, result: DiagnosisResult) -> Group:
 def _roles(result: DiagnosisResult) -> RenderableType:
     if not result.proxies:
         return Text("\nNo proxy found (give --proxy IP or --listener PORT if there is one).", style="dim")
-    table = Table(title="\nProxies", title_justify="left", show_edge=False)
-    for col in ("proxy", "software", "clients connect to", "opens target connections from", "targets", "paired",
-                "found by", "paired by"):
-        table.add_column(col, no_wrap=col not in ("targets", "paired by"))
+    lines: list[RenderableType] = [Text("\nProxies", style="bold")]
     for p in result.proxies:
-        ways = ", ".join(f"{how} ({n})" for how, n in p.paired_by)
-        table.add_row(p.name, p.software or "?", ", ".join(p.listeners), ", ".join(p.back_addresses),
-                      ", ".join(p.targets), str(p.paired), p.found_by, ways)
-    return table
+        ways = ", ".join(f"{how} ({n:,})" for how, n in p.paired_by)
+        lines.append(Padding(Text.assemble(
+            (p.name, "bold"), f" ({p.software or 'software not told'}): clients connect to "
+            f"{', '.join(p.listeners) or '?'}; it opens target connections from {', '.join(p.back_addresses) or '?'} "
+            f"to {', '.join(p.targets) or '?'}; {p.paired:,} requests paired" + (f" by {ways}" if ways else "")
+            + f"; found by {p.found_by}"), (0, 0, 0, 2), expand=False))
+    return Group(*lines)
 
 
 def _timers(result: DiagnosisResult) -> RenderableType:

@@ -466,3 +466,15 @@ def test_write_pcap_holds_the_findings_connections_in_their_encapsulation(tmp_pa
     assert excerpt["captures"][0]["frames"] < original["captures"][0]["frames"]
     refused = CliRunner().invoke(cli, ["analyze", "-", "--write-pcap", str(out)], input=RACE.read_bytes())
     assert refused.exit_code == 1 and "not standard input" in refused.output
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_a_terminal_of_any_width_cuts_nothing(width):
+    """Drawn for a terminal (colours forced) of a fixed width: lines fit, and nothing is cut with '…'."""
+    result = CliRunner().invoke(cli, ["analyze", str(MIXED), "-v"], env={"FORCE_COLOR": "1", "COLUMNS": str(width)})
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    assert "\x1b[" in result.output  # it was drawn as for a terminal
+    assert "…" not in plain and max(len(line) for line in plain.splitlines()) <= width
+    flat = " ".join(plain.split())  # wrapped lines joined again
+    for f in findings_of(MIXED)["findings"]:
+        assert f["summary"].split(" (frame")[0] in flat
