@@ -107,8 +107,8 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 def bench(pcap: Path, packets: int) -> None:
     size_mb = pcap.stat().st_size / 1e6
     rows = [
-        ("alb-pcap analyze", ["alb-pcap", "analyze", str(pcap)]),
-        ("alb-pcap analyze --json", ["alb-pcap", "analyze", str(pcap), "--json", "/dev/null"]),
+        ("alb-pcap analyze", ["alb-pcap", "analyze", str(pcap), "--fail-on", "never"]),
+        ("alb-pcap analyze --json", ["alb-pcap", "analyze", str(pcap), "--json", "/dev/null", "--fail-on", "never"]),
         ("tshark -Y http", ["tshark", "-r", str(pcap), "-Y", "http", "-T", "fields",
                             "-e", "frame.time_epoch", "-e", "tcp.stream",
                             "-e", "http.request.method", "-e", "http.response.code"]),
