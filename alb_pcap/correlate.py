@@ -507,13 +507,16 @@ class RoleFinder:
     SAME_HOST_LAG_NS = SEC
     """How long after the client's request a proxy on the same host may forward it (it may wait to connect)."""
     OTHER_HOST_LAG_NS = SEC // 10
+    PER_KEY = 16
+    MAX_ACCEPTORS = 32
     TIGHT_LAG_NS = SEC // 50
     """Forwarded this soon after the client's request ended: one sighting is enough."""
 
     def __init__(self, roles: Roles) -> None:
         self.roles = roles
-        self._recent: dict[tuple, deque[ExchangeRef]] = {}
+        self._recent: dict[tuple, deque[ExchangeRef]] = {}  # (content, acceptor) -> newest last
         self._unknown: dict[tuple, deque[ExchangeRef]] = {}  # the recent ones whose connection had no role
+        self._acceptors: dict[tuple, dict[str, None]] = {}  # content -> acceptors it was sent to lately
         self._version = roles.version
         self._arrivals: deque[tuple[int, tuple]] = deque()
         self._votes: dict[tuple[str, str], int] = {}
@@ -525,18 +528,27 @@ class RoleFinder:
         if self._version != self.roles.version:  # roles were learnt: the unknown may be known now
             self._version = self.roles.version
             self._unknown = {key: deque((r for r in refs if self.roles.conn_side(r.opener, r.acceptor) is None),
-                                        maxlen=32) for key, refs in self._unknown.items()}
+                                        maxlen=self.PER_KEY) for key, refs in self._unknown.items()}
         known = self.roles.conn_side(ref.opener, ref.acceptor) is not None
-        # a pair teaches something only if one of the two has no role yet: once every address has
-        # one, only the (rare) exchanges of unknown connections are compared with anything
-        for other in self._recent.get(ref.content, ()) if not known else self._unknown.get(ref.content, ()):
-            for outer, inner in ((other, ref), (ref, other)):
-                if self._encloses(outer, inner):
-                    self._vote(outer, inner)
-        self._recent.setdefault(ref.content, deque(maxlen=32)).append(ref)
+        # A pair teaches something only if one of the two has no role yet (once every address has
+        # one, only exchanges of unknown connections are compared), and only across two acceptors:
+        # uniform traffic to one server costs nothing.
+        index = self._unknown if known else self._recent
+        for acceptor in self._acceptors.get(ref.content, ()):
+            if acceptor == ref.acceptor:
+                continue
+            for other in index.get((ref.content, acceptor), ()):
+                for outer, inner in ((other, ref), (ref, other)):
+                    if self._encloses(outer, inner):
+                        self._vote(outer, inner)
+        key = (ref.content, ref.acceptor)
+        self._recent.setdefault(key, deque(maxlen=self.PER_KEY)).append(ref)
         if not known:
-            self._unknown.setdefault(ref.content, deque(maxlen=32)).append(ref)
-        self._arrivals.append((ref.start_ns, ref.content))
+            self._unknown.setdefault(key, deque(maxlen=self.PER_KEY)).append(ref)
+        acceptors = self._acceptors.setdefault(ref.content, {})
+        if ref.acceptor not in acceptors and len(acceptors) < self.MAX_ACCEPTORS:
+            acceptors[ref.acceptor] = None
+        self._arrivals.append((ref.start_ns, key))
 
     def _forget(self, before_ns: int) -> None:
         while self._arrivals and self._arrivals[0][0] < before_ns:
@@ -547,6 +559,12 @@ class RoleFinder:
                     recent.popleft()
                 if recent is not None and not recent:
                     del index[key]
+            if key not in self._recent:
+                acceptors = self._acceptors.get(key[0])
+                if acceptors is not None:
+                    acceptors.pop(key[1], None)
+                    if not acceptors:
+                        del self._acceptors[key[0]]
 
     def _encloses(self, outer: ExchangeRef, inner: ExchangeRef) -> bool:
         """``inner`` is ``outer`` sent on by a proxy: the same request, a little later."""

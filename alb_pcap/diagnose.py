@@ -140,8 +140,9 @@ class Diagnosis:
     def exchange(self, exchange: Exchange, flow: str) -> None:
         opener, _, acceptor = flow.partition("->")
         side = self.roles.conn_side(opener, acceptor)
-        key = f"ip:{host_of(opener)}" if side == "back" else f"ep:{acceptor}" if side == "front" else None
-        ref = ref_of(exchange, flow, key is None or self.roles.hints.hungry(key))
+        keys = {"back": (f"ip:{host_of(opener)}",), "front": (f"ep:{acceptor}",)}.get(
+            side, (f"ip:{host_of(opener)}", f"ep:{acceptor}"))
+        ref = ref_of(exchange, flow, self.roles.hints.hungry(*keys))
         known = self.roles.version
         self.finder.observe(ref)
         if self.roles.version != known:

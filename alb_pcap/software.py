@@ -81,8 +81,8 @@ class Hints:
         self._seen: dict[str, int] = {}
 
     def hungry(self, *keys: str) -> bool:
-        """Is another exchange of these addresses worth reading for hints?"""
-        return any(self._seen.get(key, 0) < self.ENOUGH for key in keys)
+        """Is another exchange worth reading for hints? Not once one of its addresses has shown enough."""
+        return all(self._seen.get(key, 0) < self.ENOUGH for key in keys)
 
     def add(self, key: str, hint: str | None) -> None:
         if key not in self._seen and len(self._seen) >= self.MAX:
