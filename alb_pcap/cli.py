@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+
 import click
 
-from . import __version__, export, pipeline
-from .detect import KINDS
-from .diagnose import Diagnosis, DiagnosisResult
-from . import records
-from .records import result_dict
-from .scoring import score
+from . import __version__
+from .diagnosis.detect import KINDS
+from .diagnosis.diagnose import Diagnosis, DiagnosisResult
+from .diagnosis.scoring import score
+from .diagnosis.selection import BadTime, Selection, parse_time
 from .model import CaptureError
-from .selection import BadTime, Selection, parse_time
+from .outputs import export, records
+from .outputs.records import result_dict
+from .wire import pipeline
 
 PROGRESS_MIN_BYTES = 20_000_000  # smaller captures finish before a progress bar is worth drawing
 INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
@@ -47,11 +49,19 @@ class _Guarded(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            _reader_left()
         except Exception as exc:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
             click.echo(f"Error: {internal_error_line(exc)}", err=True)
             ctx.exit(INTERNAL_ERROR_EXIT)
+
+
+def _reader_left() -> None:
+    """``alb-pcap analyze F | head``: the reader left, which is no error of ours."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    sys.exit(0)
 
 
 def internal_error_line(exc: Exception) -> str:
@@ -163,11 +173,12 @@ def _print(summary: pipeline.Summary, result: DiagnosisResult, selection: Select
            verbose: bool, log_report=None) -> None:
     from rich.console import Console  # rich only when something is drawn
 
-    from . import report
+    from .outputs import report
 
     console = Console()
     if not console.is_terminal:  # piped: nothing cut or folded, no colour
         console = Console(width=100_000, no_color=True, highlight=False)
+    console.on_broken_pipe = _reader_left  # rich would exit 1, our status for unusable input
     console.print(report.answer(summary, result, selection))
     if log_report is not None:
         console.print(report.logs_view(log_report, result))
@@ -224,7 +235,12 @@ class _progress:
         self.bar = None
         if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES:
             from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(SpinnerColumn(), TextColumn("{task.completed:,} packets"), TimeElapsedColumn(),
                                 console=Console(stderr=True), transient=True)
@@ -251,7 +267,7 @@ def _parse_time(text: str) -> tuple[str, int]:
 
 
 def _write_pcap(captures: tuple[str, ...], result: DiagnosisResult, target: str) -> None:
-    from .excerpt import Wanted, write_excerpt
+    from .outputs.excerpt import Wanted, write_excerpt
 
     wanted = []
     for f in result.findings:
@@ -326,7 +342,7 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
 
 
 def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
-    from .html_report import build_html
+    from .outputs.html_report import build_html
 
     try:
         with open(target, "w", encoding="utf-8") as out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alb_pcap import pipeline
+from alb_pcap.wire import pipeline
 from alb_pcap.model import Connection, Exchange
 
 

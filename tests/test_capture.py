@@ -1,4 +1,4 @@
-"""Tests for alb_pcap.capture: formats, link types, IP, tunnels, duplicates,
+"""Tests for alb_pcap.wire.capture: formats, link types, IP, tunnels, duplicates,
 truncation, accounting, damaged input, the Zeek peer traces, and fuzzing.
 
 Captures are built byte by byte with tests/capture_builders.py and written to
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from alb_pcap import capture
-from alb_pcap.capture import MAX_PENDING_DATAGRAMS, open_capture
+from alb_pcap.wire import capture
+from alb_pcap.wire.capture import MAX_PENDING_DATAGRAMS, open_capture
 from alb_pcap.model import (
     TH_ACK,
     TH_PUSH,

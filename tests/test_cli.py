@@ -194,7 +194,7 @@ def test_a_gzip_with_nothing_readable_is_a_one_line_error(tmp_path):
 
 
 def _boom_at_frame(monkeypatch, frame):
-    from alb_pcap import tcp
+    from alb_pcap.wire import tcp
 
     real = tcp.TcpTracker.feed
 
@@ -220,7 +220,7 @@ def test_an_internal_error_is_one_line_with_its_frame(monkeypatch, tmp_path, mod
 
 
 def test_an_internal_error_after_the_capture_is_one_line_too(monkeypatch):
-    from alb_pcap import report
+    from alb_pcap.outputs import report
 
     monkeypatch.delenv("ALB_PCAP_DEBUG", raising=False)
     monkeypatch.setattr(report, "findings_view", lambda *a: {}["no such key"])
@@ -241,7 +241,7 @@ def test_the_last_resort_holds_in_a_real_process(tmp_path):
     """No CliRunner: the installed entry point, with a capture that makes the HTTP stage fail."""
     script = (
         "import sys\n"
-        "from alb_pcap import http\n"
+        "from alb_pcap.wire import http\n"
         "def fail(*a, **k):\n"
         "    raise ValueError('forced')\n"
         "http.HttpConnection.data = fail\n"
@@ -478,3 +478,13 @@ def test_a_terminal_of_any_width_cuts_nothing(width):
     flat = " ".join(plain.split())  # wrapped lines joined again
     for f in findings_of(MIXED)["findings"]:
         assert f["summary"].split(" (frame")[0] in flat
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`alb-pcap analyze F | head -1`: no traceback, no internal error, status 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "alb_pcap.cli", "analyze", str(MIXED), "-v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b""

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from alb_pcap import connect
-from alb_pcap.connect import (
+from alb_pcap.diagnosis import connect
+from alb_pcap.diagnosis.connect import (
     KINDS,
     ConnectFailures,
     address_counts_dict,
@@ -481,9 +481,9 @@ def test_a_client_side_504_is_explained_by_the_connect_timeout():
 
 
 def test_diagnosis_reports_each_failed_connect_once_and_nothing_else(tmp_path):
-    from alb_pcap import pipeline
-    from alb_pcap.diagnose import Diagnosis
-    from alb_pcap.records import result_dict
+    from alb_pcap.wire import pipeline
+    from alb_pcap.diagnosis.diagnose import Diagnosis
+    from alb_pcap.outputs.records import result_dict
 
     path = tmp_path / "connect.pcap"
     path.write_bytes(incident().pcap_bytes())

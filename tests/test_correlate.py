@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from alb_pcap.correlate import SEC, Correlator, Cut, RoleFinder, Roles, host_of, ref_of, split_flow
+from alb_pcap.diagnosis.correlate import SEC, Correlator, Cut, RoleFinder, Roles, host_of, ref_of, split_flow
 
 from .diag_builders import CLIENT_FLOW, TARGET_FLOW, back_exchange, close, make_exchange, ns
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from alb_pcap.correlate import Cut, Leg, Transaction, ref_of
-from alb_pcap.detect import (
+from alb_pcap.diagnosis.correlate import Cut, Leg, Transaction, ref_of
+from alb_pcap.diagnosis.detect import (
     SEC,
     Clusterer,
     ConnectionEnd,

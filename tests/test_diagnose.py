@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from alb_pcap import pipeline
-from alb_pcap.diagnose import Diagnosis
-from alb_pcap.records import finding_dict, result_dict
-from alb_pcap.scoring import score
+from alb_pcap.wire import pipeline
+from alb_pcap.diagnosis.diagnose import Diagnosis
+from alb_pcap.outputs.records import finding_dict, result_dict
+from alb_pcap.diagnosis.scoring import score
 
 from .conftest import SAMPLES
 from alb_pcap.model import ORIG, RESP
@@ -380,7 +380,7 @@ def test_two_mirror_files_with_skewed_clocks(tmp_path, run, skew):
 
 
 def test_findings_beyond_the_cap_are_counted_and_said_to_be_unlisted():
-    from alb_pcap import pipeline as pl
+    from alb_pcap.wire import pipeline as pl
 
     sink = Diagnosis(keep_per_kind=1)
     pl.analyze([str(SAMPLES / "mixed-nginx.pcap")], [sink])

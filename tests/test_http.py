@@ -1,4 +1,4 @@
-"""alb_pcap.http on literal bytes: framing, pairing, recovery, and Zeek's traces.
+"""alb_pcap.wire.http on literal bytes: framing, pairing, recovery, and Zeek's traces.
 
 ``talk()`` feeds a conversation one step per frame (frame n has ts_ns n * 1000)
 and closes both directions, so timestamps and frames can be asserted exactly.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from alb_pcap.http import HEAD_MAX, MAX_PENDING, RESYNC_KEEP, HttpConnection
+from alb_pcap.wire.http import HEAD_MAX, MAX_PENDING, RESYNC_KEEP, HttpConnection
 from alb_pcap.model import ORIG, RESP, AnomalyLog, Exchange
 
 from .conftest import shared_dir
@@ -613,7 +613,7 @@ def test_a_head_ending_in_crlf_crlf_with_bare_lfs_before(head):
 
 
 def test_line_memos_stay_bounded():
-    from alb_pcap import http
+    from alb_pcap.wire import http
 
     conn = feed(*[(ORIG, b"GET /%d HTTP/1.1\r\nX-Id: %d\r\nX-Long: %s\r\n\r\n"
                    % (i, i, b"v" * (http._MEMO_LINE_MAX + i % 2))) for i in range(http._MEMO_SIZE + 10)])

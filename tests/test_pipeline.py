@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alb_pcap.model import AnomalyLog
-from alb_pcap.pipeline import Summary, _HttpStage
-from alb_pcap.tcp import TcpTracker
+from alb_pcap.wire.pipeline import Summary, _HttpStage
+from alb_pcap.wire.tcp import TcpTracker
 
 from .analysis import Collected
 from .factories import Conversation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alb_pcap.software import from_request, from_response, words
+from alb_pcap.diagnosis.software import from_request, from_response, words
 
 from .conftest import SAMPLES
 from .test_diagnose import diagnose

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alb_pcap.model import ORIG, RESP, AnomalyLog
-from alb_pcap.tcp import HOLD_GIVE_UP, HOLD_NS, HOLD_SEGMENTS, TcpTracker, conn_state, SYN_SENT, INACTIVE
+from alb_pcap.wire.tcp import HOLD_GIVE_UP, HOLD_NS, HOLD_SEGMENTS, TcpTracker, conn_state, SYN_SENT, INACTIVE
 
 from alb_pcap.model import TH_ACK, TH_FIN, TH_SYN
 

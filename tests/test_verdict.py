@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alb_pcap.diagnose import Diagnosis
+from alb_pcap.diagnosis.diagnose import Diagnosis
 from alb_pcap.model import ORIG, RESP
 
 from .diag_builders import back_exchange, close, make_connection, make_exchange

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from alb_pcap.model import TH_ACK, TH_FIN, TH_PUSH, TH_SYN, TH_RST, AnomalyLog, Connection, Packet
-from alb_pcap.tcp import TcpTracker
+from alb_pcap.wire.tcp import TcpTracker
 
 from .capture_builders import ethernet, ipv4, pcap, tcp
 

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..correlate import (
+from ..diagnosis.correlate import (
     SEC,
     ExchangeRef,
     Leg,
@@ -42,8 +42,8 @@ from ..correlate import (
     host_of,
     split_flow,
 )
-from ..detect import Finding
-from ..diagnose import DiagnosisResult
+from ..diagnosis.detect import Finding
+from ..diagnosis.diagnose import DiagnosisResult
 from ..model import Connection, Exchange
 from .files import expand, read_lines
 from .model import LogLine

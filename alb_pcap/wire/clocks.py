@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .model import TH_FIN, TH_RST, Packet
+from ..model import TH_FIN, TH_RST, Packet
 
 SCAN_PACKETS = 100_000
 MAX_REQUESTS = 2_000

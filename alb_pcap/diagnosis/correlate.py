@@ -33,14 +33,13 @@ connection's opener marks a back connection; everything else is front.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
-from functools import lru_cache
-from zlib import crc32
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, NamedTuple
+from zlib import crc32
 
-from .model import Close, Exchange
+from ..model import Close, Exchange
 from .software import Hints, from_request, from_response
 
 SEC = 1_000_000_000

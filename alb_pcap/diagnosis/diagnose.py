@@ -24,6 +24,8 @@ import re
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 
+from ..model import ORIG, RESP, Connection, Exchange
+from .connect import AddressCounts, ConnectFailures, attempt_outcome
 from .correlate import (
     SEC,
     Correlation,
@@ -51,8 +53,6 @@ from .detect import (
     gave_up_after,
     merge_views,
 )
-from .connect import AddressCounts, ConnectFailures, attempt_outcome
-from .model import ORIG, RESP, Connection, Exchange
 from .selection import Selection
 from .software import ALB_ANSWERS, WORDS, words
 

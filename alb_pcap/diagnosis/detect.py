@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from ..model import ORIG, RESP, Close, Connection
 from .correlate import ExchangeRef, Leg, Transaction, host_of
-from .model import ORIG, RESP, Close, Connection
 
 SEC = 1_000_000_000
 MIN_IDLE_NS = 500_000_000

@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from typing import IO
 
-from .model import ORIG, Anomaly, CaptureStats, Close, Connection, Exchange
-from .pipeline import Summary
+from ..model import ORIG, Anomaly, CaptureStats, Close, Connection, Exchange
+from ..wire.pipeline import Summary
 
 SCHEMA = "alb-pcap/1"
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(.., separators=..) builds one a call

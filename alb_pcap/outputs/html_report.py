@@ -26,11 +26,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from . import __version__
-from .correlate import Leg, Transaction
-from .detect import Finding, Timer
-from .diagnose import DiagnosisResult
-from .model import ORIG, Connection
+from .. import __version__
+from ..diagnosis.correlate import Leg, Transaction
+from ..diagnosis.detect import Finding, Timer
+from ..diagnosis.diagnose import DiagnosisResult
+from ..model import ORIG, Connection
 
 SEC = 1_000_000_000
 GAP_NS = SEC // 2

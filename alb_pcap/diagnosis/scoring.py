@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..outputs.records import finding_dict
 from .detect import KINDS
 from .diagnose import DiagnosisResult
-from .records import finding_dict
 
 
 @dataclass(frozen=True, slots=True)

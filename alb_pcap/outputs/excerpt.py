@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import dpkt
 
-from .capture import open_capture
-from .model import AnomalyLog, CaptureError, format_flow
+from ..model import AnomalyLog, CaptureError, format_flow
+from ..wire.capture import open_capture
 
 SEC = 1_000_000_000
 MARGIN_NS = SEC

@@ -12,11 +12,11 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .detect import Finding
-from .diagnose import DiagnosisResult
-from .selection import Selection
-from .model import ORIG, Connection
-from .pipeline import Summary
+from ..diagnosis.detect import Finding
+from ..diagnosis.diagnose import DiagnosisResult
+from ..diagnosis.selection import Selection
+from ..model import ORIG, Connection
+from ..wire.pipeline import Summary
 from .records import wireshark_filter
 
 SEC = 1_000_000_000

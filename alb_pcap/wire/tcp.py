@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .model import (
+from ..model import (
     ORIG,
     RESP,
     TH_ACK,

@@ -79,7 +79,7 @@ import zlib
 from collections.abc import Callable, Hashable, Iterator
 from typing import Literal
 
-from .model import AnomalyLog, CaptureError, CaptureStats, Packet
+from ..model import AnomalyLog, CaptureError, CaptureStats, Packet
 
 DEDUP_WINDOW_NS = 2_000_000
 FRAGMENT_TIMEOUT_NS = 30_000_000_000  # Linux ipfrag_time

@@ -70,7 +70,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .model import ORIG, RESP, AnomalyLog, Exchange
+from ..model import ORIG, RESP, AnomalyLog, Exchange
 
 HEAD_MAX = 64 * 1024  # bytes of one head or chunk line we are willing to buffer
 RESYNC_KEEP = 8 * 1024  # tail kept while scanning for a message start

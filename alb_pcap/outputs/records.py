@@ -13,10 +13,18 @@ import json
 from datetime import datetime, timezone
 from typing import IO
 
-from .connect import address_counts_dict
-from .correlate import SEC, ExchangeRef, Proxy, Transaction, host_of, port_of, split_flow
-from .detect import Finding, Timer
-from .diagnose import DiagnosisResult
+from ..diagnosis.connect import address_counts_dict
+from ..diagnosis.correlate import (
+    SEC,
+    ExchangeRef,
+    Proxy,
+    Transaction,
+    host_of,
+    port_of,
+    split_flow,
+)
+from ..diagnosis.detect import Finding, Timer
+from ..diagnosis.diagnose import DiagnosisResult
 
 
 def _sec(ns: int | None) -> float | None:

@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
+from ..model import AnomalyLog, CaptureStats, Connection, Exchange, Packet
 from . import clocks
 from .capture import open_capture
 from .http import HttpConnection
-from .model import AnomalyLog, CaptureStats, Connection, Exchange, Packet
 from .tcp import TcpTracker
 
 

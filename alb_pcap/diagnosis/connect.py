@@ -78,8 +78,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, NamedTuple
 
+from ..model import ORIG, RESP, Connection, format_addr, format_endpoint
 from .detect import CONNECT_KINDS, Evidence, Finding
-from .model import ORIG, RESP, Connection, format_addr, format_endpoint
 
 SEC = 1_000_000_000
 MIN_RETRY_SPAN_NS = 3 * SEC

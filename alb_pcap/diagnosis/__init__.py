@@ -1,0 +1,1 @@
+"""Diagnosis: roles and pairing, detectors, connect failures, proxy software, selection, scoring."""
