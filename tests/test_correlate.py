@@ -255,3 +255,12 @@ def test_two_clients_of_one_server_are_not_a_proxy():
         finder.observe(ref_of(make_exchange(conn_id=20 + i, start=i + 0.001, duration=0.02, headers=UA),
                               OTHER_CLIENT_FLOW))
     assert roles.proxies() == ()
+
+
+def test_same_target_allows_a_prefix_stripped_or_added_but_not_another_path():
+    from alb_pcap.diagnosis.correlate import same_target
+
+    assert same_target("/api/v1/users?id=3", "/users?id=3") and same_target("/users", "/v1/users")
+    assert same_target("http://shop.example/api/cart", "/cart") and same_target("/api/", "/")
+    assert not same_target("/fin/0.5", "/rst/0.5")  # the same last segment is not the same request
+    assert not same_target("/users?id=3", "/users?id=4")

@@ -224,9 +224,7 @@ def _uri_tail(uri: str | None) -> str | None:
     if uri is None:
         return None
     path, q, query = uri.partition("?")
-    if "://" in path:  # absolute form
-        path = "/" + path.split("://", 1)[1].partition("/")[2]
-    return path.rstrip("/").rpartition("/")[2] + q + query
+    return _origin_path(path).rstrip("/").rpartition("/")[2] + q + query
 
 
 def _trace_root(value: str) -> str:
@@ -637,7 +635,28 @@ def same_request(front: ExchangeRef, back: ExchangeRef) -> bool:
         return False
     if back.forwarded_for is not None and back.forwarded_for != host_of(front.opener):
         return False
-    return similarity(front.fingerprint, back.fingerprint) >= MIN_SIMILARITY
+    return similarity(front.fingerprint, back.fingerprint) >= MIN_SIMILARITY and same_target(front.uri, back.uri)
+
+
+def same_target(a: str | None, b: str | None) -> bool:
+    """One URI is the other with a path prefix stripped or added (``/api/users`` and ``/users``), same query.
+
+    The content key keeps only the last path segment (what every rewrite leaves); this tells
+    ``/fin/0.5`` from ``/rst/0.5``.
+    """
+    if a is None or b is None:
+        return a == b
+    a_path, _, a_query = a.partition("?")
+    b_path, _, b_query = b.partition("?")
+    if a_query != b_query:
+        return False
+    a_path, b_path = _origin_path(a_path).rstrip("/") or "/", _origin_path(b_path).rstrip("/") or "/"
+    return a_path.endswith(b_path) or b_path.endswith(a_path) or "/" in (a_path, b_path)
+
+
+def _origin_path(path: str) -> str:
+    """The path of an absolute-form target (``http://host/path`` -> ``/path``)."""
+    return "/" + path.split("://", 1)[1].partition("/")[2] if "://" in path else path
 
 
 def how_paired(key: tuple, ref: ExchangeRef, ambiguous: bool = False) -> str:
