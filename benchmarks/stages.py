@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alb_pcap.diagnosis.diagnose import Diagnosis  # noqa: E402
+from alb_pcap.diagnosis.refs import ref_of  # noqa: E402
+from alb_pcap.model import AnomalyLog  # noqa: E402
 from alb_pcap.outputs import export  # noqa: E402
+from alb_pcap.outputs.records import result_dict  # noqa: E402
 from alb_pcap.wire import pipeline  # noqa: E402
 from alb_pcap.wire.capture import open_capture  # noqa: E402
-from alb_pcap.diagnosis.correlate import ref_of  # noqa: E402
-from alb_pcap.diagnosis.diagnose import Diagnosis  # noqa: E402
-from alb_pcap.outputs.records import result_dict  # noqa: E402
-from alb_pcap.model import AnomalyLog  # noqa: E402
 from alb_pcap.wire.tcp import TcpTracker  # noqa: E402
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alb_pcap.wire import pipeline
 from alb_pcap.model import Connection, Exchange
+from alb_pcap.wire import pipeline
 
 
 @dataclass

@@ -20,8 +20,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from alb_pcap.wire import capture
-from alb_pcap.wire.capture import MAX_PENDING_DATAGRAMS, open_capture
 from alb_pcap.model import (
     TH_ACK,
     TH_PUSH,
@@ -32,6 +30,8 @@ from alb_pcap.model import (
     Packet,
     format_addr,
 )
+from alb_pcap.wire import capture
+from alb_pcap.wire.capture import MAX_PENDING_DATAGRAMS, open_capture
 
 from .capture_builders import (
     CLIENT,

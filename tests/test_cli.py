@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -481,9 +481,9 @@ def test_a_client_side_504_is_explained_by_the_connect_timeout():
 
 
 def test_diagnosis_reports_each_failed_connect_once_and_nothing_else(tmp_path):
-    from alb_pcap.wire import pipeline
     from alb_pcap.diagnosis.diagnose import Diagnosis
     from alb_pcap.outputs.records import result_dict
+    from alb_pcap.wire import pipeline
 
     path = tmp_path / "connect.pcap"
     path.write_bytes(incident().pcap_bytes())

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
-from alb_pcap.diagnosis.correlate import SEC, Correlator, Cut, RoleFinder, Roles, host_of, ref_of, split_flow
+from alb_pcap.diagnosis.correlate import Correlator, Cut
+from alb_pcap.diagnosis.refs import SEC, host_of, ref_of, split_flow
+from alb_pcap.diagnosis.roles import RoleFinder, Roles
 
-from .diag_builders import CLIENT_FLOW, TARGET_FLOW, back_exchange, close, make_exchange, ns
+from .diag_builders import (
+    CLIENT_FLOW,
+    TARGET_FLOW,
+    back_exchange,
+    close,
+    make_exchange,
+    ns,
+)
 
 OTHER_CLIENT_FLOW = "198.18.0.11:40001->198.18.1.10:80"
 ROOT = "1-67a1b2c3-0123456789abcdef01234567"
@@ -258,7 +267,7 @@ def test_two_clients_of_one_server_are_not_a_proxy():
 
 
 def test_same_target_allows_a_prefix_stripped_or_added_but_not_another_path():
-    from alb_pcap.diagnosis.correlate import same_target
+    from alb_pcap.diagnosis.refs import same_target
 
     assert same_target("/api/v1/users?id=3", "/users?id=3") and same_target("/users", "/v1/users")
     assert same_target("http://shop.example/api/cart", "/cart") and same_target("/api/", "/")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from alb_pcap.diagnosis.correlate import Cut, Leg, Transaction, ref_of
+from alb_pcap.diagnosis.correlate import Cut, Leg, Transaction
 from alb_pcap.diagnosis.detect import (
     SEC,
     Clusterer,
@@ -15,7 +15,7 @@ from alb_pcap.diagnosis.detect import (
     target_reset,
     tcp_keepalive_ignored,
 )
-
+from alb_pcap.diagnosis.refs import ref_of
 from alb_pcap.model import ORIG, RESP
 
 from .diag_builders import (

@@ -11,14 +11,13 @@ import json
 
 import pytest
 
-from alb_pcap.wire import pipeline
 from alb_pcap.diagnosis.diagnose import Diagnosis
-from alb_pcap.outputs.records import finding_dict, result_dict
 from alb_pcap.diagnosis.scoring import score
+from alb_pcap.model import ORIG, RESP
+from alb_pcap.outputs.records import finding_dict, result_dict
+from alb_pcap.wire import pipeline
 
 from .conftest import SAMPLES
-from alb_pcap.model import ORIG, RESP
-
 from .diag_builders import (
     CLIENT_FLOW,
     TARGET_FLOW,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alb_pcap.wire import pipeline
 from alb_pcap.cli import cli
 from alb_pcap.diagnosis.diagnose import Diagnosis
 from alb_pcap.outputs.html_report import build_html
+from alb_pcap.wire import pipeline
 
 from .conftest import SAMPLES
 

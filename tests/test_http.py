@@ -16,8 +16,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from alb_pcap.wire.http import HEAD_MAX, MAX_PENDING, RESYNC_KEEP, HttpConnection
 from alb_pcap.model import ORIG, RESP, AnomalyLog, Exchange
+from alb_pcap.wire.http import HEAD_MAX, MAX_PENDING, RESYNC_KEEP, HttpConnection
 
 from .conftest import shared_dir
 

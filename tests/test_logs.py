@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alb_pcap.wire import pipeline
 from alb_pcap.diagnosis.diagnose import Diagnosis
 from alb_pcap.lab import craft
 from alb_pcap.logs.join import Coverage, read_logs
+from alb_pcap.wire import pipeline
 
 from .conftest import SAMPLES
 
@@ -243,7 +243,7 @@ def test_why_not_outside_the_capture_and_side_not_captured():
 
 from datetime import datetime, timezone
 
-from alb_pcap.diagnosis.correlate import split_flow
+from alb_pcap.diagnosis.refs import split_flow
 from alb_pcap.lab.stdlogs import httplog_line, nginx_upstream_line, standard_access_log
 
 

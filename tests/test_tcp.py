@@ -5,10 +5,16 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alb_pcap.model import ORIG, RESP, AnomalyLog
-from alb_pcap.wire.tcp import HOLD_GIVE_UP, HOLD_NS, HOLD_SEGMENTS, TcpTracker, conn_state, SYN_SENT, INACTIVE
-
-from alb_pcap.model import TH_ACK, TH_FIN, TH_SYN
+from alb_pcap.model import ORIG, RESP, TH_ACK, TH_FIN, TH_SYN, AnomalyLog
+from alb_pcap.wire.tcp import (
+    HOLD_GIVE_UP,
+    HOLD_NS,
+    HOLD_SEGMENTS,
+    INACTIVE,
+    SYN_SENT,
+    TcpTracker,
+    conn_state,
+)
 
 from .factories import SEC, Conversation
 

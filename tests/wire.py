@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from alb_pcap.model import TH_ACK, TH_FIN, TH_PUSH, TH_SYN, TH_RST, AnomalyLog, Connection, Packet
+from alb_pcap.model import (
+    TH_ACK,
+    TH_FIN,
+    TH_PUSH,
+    TH_RST,
+    TH_SYN,
+    AnomalyLog,
+    Connection,
+    Packet,
+)
 from alb_pcap.wire.tcp import TcpTracker
 
 from .capture_builders import ethernet, ipv4, pcap, tcp

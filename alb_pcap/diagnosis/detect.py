@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..model import ORIG, RESP, Close, Connection
-from .correlate import ExchangeRef, Leg, Transaction, host_of
+from .correlate import Leg, Transaction
+from .refs import ExchangeRef, host_of
 
 SEC = 1_000_000_000
 MIN_IDLE_NS = 500_000_000

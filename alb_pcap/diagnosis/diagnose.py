@@ -26,21 +26,7 @@ from dataclasses import dataclass, replace
 
 from ..model import ORIG, RESP, Connection, Exchange
 from .connect import AddressCounts, ConnectFailures, attempt_outcome
-from .correlate import (
-    SEC,
-    Correlation,
-    Correlator,
-    Counts,
-    Cut,
-    ExchangeRef,
-    Proxy,
-    RoleFinder,
-    Roles,
-    Transaction,
-    host_of,
-    ref_of,
-    split_flow,
-)
+from .correlate import Correlation, Correlator, Counts, Cut, Transaction
 from .detect import (
     CONNECT_KINDS,
     CONNECTION_DETECTORS,
@@ -53,6 +39,8 @@ from .detect import (
     gave_up_after,
     merge_views,
 )
+from .refs import SEC, ExchangeRef, host_of, ref_of, split_flow
+from .roles import Proxy, RoleFinder, Roles
 from .selection import Selection
 from .software import ALB_ANSWERS, WORDS, words
 

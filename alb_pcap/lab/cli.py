@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from .craft import CRAFTED
 from .netns import LabError, check_requirements, tools_for
 from .proxies import HEADERS, PROXIES
-from .craft import CRAFTED
 from .scenarios import SCENARIOS, Scenario, find
 
 
@@ -85,7 +85,10 @@ def _list() -> None:
 
 
 def _run(sc: Scenario, proxy: str, out: Path, keep_logs: bool, headers: str, explicit: bool) -> None:
-    from .runner import run_scenario, stem_of  # keeps `alb-pcap --help` free of the lab's imports
+    from .runner import (  # keeps `alb-pcap --help` free of the lab's imports
+        run_scenario,
+        stem_of,
+    )
 
     if proxy in sc.unsupported and not explicit:
         click.echo(f"{stem_of(sc, proxy, headers)}: skipped, {sc.unsupported[proxy]}", err=True)

@@ -33,17 +33,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..diagnosis.correlate import (
-    SEC,
-    ExchangeRef,
-    Leg,
-    Transaction,
-    _uri_tail,
-    host_of,
-    split_flow,
-)
+from ..diagnosis.correlate import Leg, Transaction
 from ..diagnosis.detect import Finding
 from ..diagnosis.diagnose import DiagnosisResult
+from ..diagnosis.refs import SEC, ExchangeRef, host_of, same_target, split_flow
 from ..model import Connection, Exchange
 from .files import expand, read_lines
 from .model import LogLine
@@ -212,7 +205,7 @@ def _life(line: LogLine) -> tuple[float, float]:
 def _same_request(line: LogLine, ref: ExchangeRef) -> bool:
     if line.method and ref.method and line.method != ref.method:
         return False
-    return not (line.uri and ref.uri and line.uri != ref.uri and _uri_tail(line.uri) != _uri_tail(ref.uri))
+    return not (line.uri and ref.uri and line.uri != ref.uri and not same_target(line.uri, ref.uri))
 
 
 def _distance(line: LogLine, leg: Leg) -> float | None:

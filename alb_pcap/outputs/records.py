@@ -14,17 +14,11 @@ from datetime import datetime, timezone
 from typing import IO
 
 from ..diagnosis.connect import address_counts_dict
-from ..diagnosis.correlate import (
-    SEC,
-    ExchangeRef,
-    Proxy,
-    Transaction,
-    host_of,
-    port_of,
-    split_flow,
-)
+from ..diagnosis.correlate import Transaction
 from ..diagnosis.detect import Finding, Timer
 from ..diagnosis.diagnose import DiagnosisResult
+from ..diagnosis.refs import SEC, ExchangeRef, host_of, port_of, split_flow
+from ..diagnosis.roles import Proxy
 
 
 def _sec(ns: int | None) -> float | None:
