@@ -94,10 +94,8 @@ class ExchangeRef(NamedTuple):
     """Not answered, or answered by a status proxies make up themselves: worth keeping."""
     last_ns: int
     start_ns: int
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.conn_id, self.index
+    key: tuple[int, int]
+    """(conn_id, index): a field, not a property: pairing asks for it a dozen times per exchange."""
 
 
 def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
@@ -121,7 +119,7 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
-        ex.request_start_ns if ex.request_start_ns is not None else last_ns,
+        ex.request_start_ns if ex.request_start_ns is not None else last_ns, (ex.conn_id, ex.index),
     )
 
 
