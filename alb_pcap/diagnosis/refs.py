@@ -221,13 +221,14 @@ def _int(text: str | None) -> int | None:
 
 
 def _asks_close(connection: str | None, version: str | None) -> bool:
-    if connection is None and version != "HTTP/1.0":
+    # ``version`` as the parser gives it: "1.1", "1.0" (never "HTTP/1.0").
+    if connection is None and version != "1.0":
         return False
     tokens = {t.strip().lower() for t in (connection or "").split(",")}
     if "close" in tokens:
         return True
     # RFC 9112 §9.3: HTTP/1.0 persists only with an explicit keep-alive.
-    return version == "HTTP/1.0" and "keep-alive" not in tokens
+    return version == "1.0" and "keep-alive" not in tokens
 
 
 MIN_SIMILARITY = 0.5
