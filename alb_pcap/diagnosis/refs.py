@@ -105,8 +105,12 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
     response = {name.lower(): value for name, value in ex.response_headers}
     opener, _, acceptor = flow.partition("->")
     answered = ex.status is not None and ex.response_end_ns is not None and ex.ended not in ("rst", "gap")
-    times = (ex.response_end_ns, ex.response_start_ns, ex.request_end_ns, ex.request_start_ns)
-    last_ns = max((t for t in times if t is not None), default=0)
+    last_ns = None
+    for t in (ex.response_end_ns, ex.response_start_ns, ex.request_end_ns, ex.request_start_ns):
+        if t is not None and (last_ns is None or t > last_ns):
+            last_ns = t
+    if last_ns is None:
+        last_ns = 0
     return ExchangeRef(
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
@@ -191,6 +195,7 @@ def similarity(front: int, back: int) -> float:
     return 1.0 if not have else (front & back).bit_count() / have
 
 
+@lru_cache(maxsize=1 << 13)  # a service's URIs repeat: worked out once each
 def _uri_tail(uri: str | None) -> str | None:
     """``/api/v1/users?id=3`` -> ``users?id=3``: a proxy strips or adds a prefix, not the tail."""
     if uri is None:
