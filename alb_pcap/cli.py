@@ -156,11 +156,12 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
     log_report = _read_logs(logs, result, coverage, log_format, log_detail) if logs else None
     if json_sink:
         _write_json(json_sink, summary, result, json_out, log_report)
+    logs_of = _finding_logs(log_report, result)
     for target, write in ((ndjson_out, records.write_ndjson), (csv_out, records.write_csv)):
         if target:
-            _write(target, lambda out: write(result, out))
+            _write(target, lambda out: write(result, out, logs_of))
     if html_out:
-        _write_html(summary, result, html_out)
+        _write_html(summary, result, html_out, logs_of)
     if pcap_out:
         _write_pcap(captures, result, pcap_out)
     if "-" not in (json_out, ndjson_out, csv_out):
@@ -317,6 +318,15 @@ def _read_logs(paths, result: DiagnosisResult, coverage, log_format: str | None,
         raise click.ClickException(str(e)) from e
 
 
+def _finding_logs(log_report, result: DiagnosisResult) -> list[dict | None] | None:
+    """Per finding, its log line (None: not logged); None when no log was given."""
+    if log_report is None:
+        return None
+    from .logs.join import finding_logs
+
+    return finding_logs(log_report, result)
+
+
 def _document(result: DiagnosisResult, log_report) -> dict:
     """result_dict, with log_lines[], log_summary and findings[].log when logs were given."""
     doc = result_dict(result)
@@ -341,12 +351,13 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
 
-def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
+def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str,
+                logs: list[dict | None] | None = None) -> None:
     from .outputs.html_report import build_html
 
     try:
         with open(target, "w", encoding="utf-8") as out:
-            out.write(build_html(result, summary))
+            out.write(build_html(result, summary, logs=logs))
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 

@@ -346,3 +346,32 @@ def test_the_lab_writes_standard_access_logs(proxy, fmt):
     assert len(records) == len(truth["proxy_log"]) and parser.unparsed == 0
     assert {r.format for r in records} == {fmt}
     assert [r.client for r in records if ":" in r.client] == [t["client"] for t in truth["proxy_log"]]
+
+
+def test_every_output_carries_each_findings_log_line(tmp_path):
+    """JSON, NDJSON, CSV and HTML agree on which log line each finding has (or "not logged")."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from alb_pcap.cli import cli
+
+    name = "keepalive-race-haproxy"
+    truth = json.loads((SAMPLES / f"{name}.expected.json").read_text())
+    log = tmp_path / "access.log"
+    log.write_text("".join(httplog_line(r) + "\n" for r in truth["proxy_log"]))
+    out = {ext: tmp_path / f"out.{ext}" for ext in ("json", "ndjson", "csv", "html")}
+    run = CliRunner().invoke(cli, ["analyze", str(SAMPLES / f"{name}.pcap"), "--log", str(log), "--fail-on", "never",
+                                   *(x for ext, p in out.items() for x in (f"--{ext}", str(p)))])
+    assert run.exit_code == 0, run.output
+    findings = json.loads(out["json"].read_text())["findings"]
+    logs = [f["log"] for f in findings]
+    assert None in logs and any(logs)  # HAProxy's silent closes are not logged, its 502s are
+    assert [json.loads(line)["log"] for line in out["ndjson"].read_text().splitlines()] == logs
+    cells = [row["log"] for row in csv.DictReader(out["csv"].open())]
+    assert cells == [f"{log}:{x['line']} {x['says']}" if x else "not logged" for x in logs]
+    page = out["html"].read_text()
+    assert page.count('<td class="log">') == len(logs) and "<th data-type=\"text\" title=\"click to sort\">proxy log</th>" in page
+    for x in logs:
+        if x:
+            assert x["says"].startswith("502 SH--") and f":{x['line']} 502 SH--" in page
