@@ -59,6 +59,8 @@ HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
 HTTP_content_gap                   a gap hit a head or chunk framing; resync
 HTTP_truncated_head                the connection ended inside a message head
 HTTP_internal_error                a bug in this module (should never appear)
+TLS_not_decrypted                  the connection starts with TLS records: not read
+HTTP2_not_parsed                   HTTP/2 (preface, or h2c upgrade): not read further
 =================================  ==================================================
 """
 
@@ -178,6 +180,17 @@ _STATUS_LINE = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?")
 _STATUS_START = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
 _METHOD_TAIL = re.compile(rb"[A-Z][A-Z0-9_-]*\Z")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+# What a connection's first bytes look like when it carries another protocol
+# than HTTP/1.x: a TLS record (content type 20-23, version 3.x; also mid-stream,
+# where application data records follow one another) and the HTTP/2 client
+# preface (RFC 9113 §3.4, prior knowledge). Read as HTTP/1 they make garbage
+# anomalies, or a "PRI *" request that was never one.
+# A handshake record must hold a ClientHello or ServerHello (type 1 or 2), and a
+# record is at most 2**14 + 2048 bytes long (RFC 8446 §5.2): a few bytes of
+# garbage that happen to begin with 0x16 0x03 are still read as HTTP.
+_TLS_RECORD = re.compile(
+    rb"\x16\x03[\x00-\x04][\x00-\x48].[\x01\x02]|[\x14\x15\x17]\x03[\x00-\x04][\x00-\x48]", re.DOTALL)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # An HTTP/0.9 request line has no version, so anything "word word" would pass:
 # require a method a client could have meant (Zeek only asks for 3 letters).
 _SIMPLE_METHODS = frozenset(
@@ -321,6 +334,15 @@ def _chunk_size(line: bytes) -> int:
 
 # ---------------------------------------------------------------------------
 # Heads: start lines and field lines.
+
+
+def _other_protocol(data: bytes, pos: int) -> str | None:
+    """The protocol that a connection's first bytes show, if it is not HTTP/1.x."""
+    if _TLS_RECORD.match(data, pos):
+        return "TLS"
+    if data.startswith(H2_PREFACE[: max(4, min(len(data) - pos, len(H2_PREFACE)))], pos):
+        return "HTTP/2"
+    return None
 
 
 def _head_lines(head: bytes, warn: Warn) -> list[str]:
@@ -520,7 +542,7 @@ class _Reader:
         self.conn = conn
         self.direction = direction
         self.state = State.HEAD
-        self._step: Callable[[bytes], None] = self._read_head
+        self._step: Callable[[bytes], None] = self._read_first
         self.buf = bytearray()  # a head or line not complete yet; resync tail
         self.pos = 0  # position in the chunk being fed
         self.ts = 0  # ts_ns and frame of the current event, for anomalies
@@ -636,6 +658,16 @@ class _Reader:
         n = len(data)
         while self.pos < n:
             self._step(data)
+
+    def _read_first(self, data: bytes) -> None:
+        """This direction's first bytes: is the connection HTTP/1 at all?"""
+        self._step = self._read_head
+        conn = self.conn
+        if not conn._count and (protocol := _other_protocol(data, self.pos)):
+            self.pos = len(data)
+            conn._not_http(self, protocol)
+            return
+        self._read_head(data)
 
     def _read_head(self, data: bytes) -> None:
         buf = self.buf
@@ -1152,6 +1184,7 @@ class HttpConnection:
         self._count = 0
         self._server_done: str | None = None  # how RESP ended, once it has
         self._tunnel = False
+        self.protocol = "HTTP/1"  # or "TLS", "HTTP/2": what _not_http() found instead
         self._request = _RequestReader(self)
         self._readers: tuple[_Reader, _Reader] = (self._request, _ResponseReader(self))
 
@@ -1205,13 +1238,16 @@ class HttpConnection:
         finished = []
         while txs and txs[0].done[ORIG] and txs[0].done[RESP]:
             tx = txs.popleft()
-            finished.append(tx.freeze(self.conn_id, tx.ended or "complete"))
+            # A place kept for a request lost in a gap whose answer was lost too says
+            # nothing: an exchange needs a request or a response.
+            if tx.method is not None or tx.status is not None:
+                finished.append(tx.freeze(self.conn_id, tx.ended or "complete"))
         return finished
 
     def pending(self) -> list[Exchange]:
         """Snapshots of the exchanges not finished yet (for a live view)."""
-        return [tx.freeze(self.conn_id, tx.ended or "open")
-                for tx in self._txs if not (tx.done[ORIG] and tx.done[RESP])]
+        return [tx.freeze(self.conn_id, tx.ended or "open") for tx in self._txs
+                if not (tx.done[ORIG] and tx.done[RESP]) and (tx.method or tx.status is not None)]
 
     @property
     def tunnel(self) -> bool:
@@ -1306,6 +1342,18 @@ class HttpConnection:
             reader.buf.clear()
             if reader.state is not State.CLOSED:
                 reader._goto(State.TUNNEL)
+
+    def _not_http(self, reader: _Reader, protocol: str) -> None:
+        """The connection carries ``protocol``, not HTTP/1.x: say so once, read no further."""
+        self.protocol = protocol
+        if protocol == "TLS":
+            reader._warn("TLS_not_decrypted", "")
+        else:
+            reader._warn("HTTP2_not_parsed", "prior knowledge (client preface)")
+        for other in self._readers:
+            if other.state not in _FINAL:
+                other.buf.clear()
+                other._goto(State.TUNNEL)
 
     def _server_closed(self, cut: str) -> None:
         """RESP ended: every request still waiting will get no answer."""

@@ -302,9 +302,12 @@ class TcpTracker:
         if flags & TH_ACK and peer.next_seq is not None:
             acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF
             if acked > 0:  # acknowledges bytes of the other direction not seen yet (rare)
-                if self._held_back(conn, direction, peer, pkt, acked):
+                if self._unheeded_ack(peer, pkt, acked):
+                    acked = 0
+                elif self._held_back(conn, direction, peer, pkt, acked):
                     return  # wait for them
-                acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
+                else:
+                    acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
         half.pkts += 1
         size = len(pkt.payload) + pkt.missing
         control = flags & _CONTROL
@@ -341,6 +344,22 @@ class TcpTracker:
             self._expire_holes(conn, pkt)
         if conn.held is not None:
             self._release_ready(conn, pkt)
+
+    @staticmethod
+    def _unheeded_ack(peer: _Half, pkt: Packet, acked: int) -> bool:
+        """An ACK that says nothing about lost bytes of ``peer``.
+
+        An RST's ACK field is not checked by its receiver (RFC 5961 §3.2), and injected RSTs carry
+        any value there: one far ahead is no evidence of a 2 GB hole. And a direction picked up
+        mid-stream whose first segment was a keep-alive probe (no data, at the next byte - 1) gets
+        an ACK one past it: the stream starts there, no byte was lost.
+        """
+        if pkt.flags & TH_RST:
+            return acked > HOLD_MAX_AHEAD
+        if acked == 1 and peer.isn is None and peer.max_off == 0 and not peer.buffer:
+            peer.next_seq = (peer.next_seq + 1) % _MOD
+            return True
+        return False
 
     # -- segments captured ahead of the bytes they acknowledge ----------------------------------
 
