@@ -1182,6 +1182,7 @@ class HttpConnection:
         self._txs: deque[_Tx] = deque()  # every exchange not handed out yet, in order
         self._awaiting: deque[_Tx] = deque()  # requests whose final answer has not begun
         self._count = 0
+        self._dropped = 0  # exchanges that were only a place kept for lost bytes (see exchanges())
         self._server_done: str | None = None  # how RESP ended, once it has
         self._tunnel = False
         self.protocol = "HTTP/1"  # or "TLS", "HTTP/2": what _not_http() found instead
@@ -1239,9 +1240,12 @@ class HttpConnection:
         while txs and txs[0].done[ORIG] and txs[0].done[RESP]:
             tx = txs.popleft()
             # A place kept for a request lost in a gap whose answer was lost too says
-            # nothing: an exchange needs a request or a response.
-            if tx.method is not None or tx.status is not None:
-                finished.append(tx.freeze(self.conn_id, tx.ended or "complete"))
+            # nothing: an exchange needs a request or a response. Later ones move up.
+            if tx.method is None and tx.status is None:
+                self._dropped += 1
+                continue
+            tx.index -= self._dropped
+            finished.append(tx.freeze(self.conn_id, tx.ended or "complete"))
         return finished
 
     def pending(self) -> list[Exchange]:
