@@ -229,3 +229,45 @@ def test_h2c_upgrade_is_the_one_http1_exchange_then_http2(tmp_path):
     txs, anomalies, _ = analysed(build_h2c_upgrade(), tmp_path)
     assert txs == [("GET", "/", 101, "tunnel")]
     assert anomalies == {"HTTP2_not_parsed": 1}
+
+
+# -- 4. HTTP after a non-HTTP prefix on the same connection
+
+SOCKS5_HELLO, SOCKS5_CHOICE = b"\x05\x01\x00", b"\x05\x00"
+SOCKS5_CONNECT = b"\x05\x01\x00\x03\x0bexample.com\x00\x50"  # port 80: the byte before GET is "P"
+SOCKS5_DONE = b"\x05\x00\x00\x01\xc0\x00\x02\x01\x00\x50"
+
+
+@capture
+def build_socks5_then_http() -> Wire:
+    """A SOCKS5 handshake, then the request in the same segment as the CONNECT, and the reply in
+    the same segment as the server's success."""
+    return _two_way(handshake(Wire()), [SOCKS5_HELLO, SOCKS5_CONNECT + GET, GET],
+                    [SOCKS5_CHOICE, SOCKS5_DONE + OK, OK])
+
+
+def test_http_after_a_socks5_handshake_is_found(tmp_path):
+    """Resynchronise on a request line inside a segment (and inside a rejected line), not only at a
+    line start: both requests and both answers (was: the first answer without its request).
+
+    Deliberately more than tshark, which finds only the second exchange: its dissector wants a
+    message at the start of a segment."""
+    txs, anomalies, _ = analysed(build_socks5_then_http(), tmp_path)
+    assert txs == [("GET", "/a", 200, "complete")] * 2
+    assert anomalies == {"bad_HTTP_request": 1, "bad_HTTP_reply": 1}
+
+
+PROXY_V1 = b"PROXY TCP4 192.0.2.1 10.0.0.2 56324 80\r\n"
+
+
+@capture
+def build_proxy_protocol_then_http() -> Wire:
+    """A PROXY protocol v1 line in front of the first request (a load balancer's, to its target)."""
+    return _two_way(handshake(Wire()), [PROXY_V1 + GET, GET], [OK, OK])
+
+
+def test_http_after_a_proxy_protocol_line_is_found(tmp_path):
+    """The PROXY line is a bad request line (anomaly), the request after it is found. Deliberately
+    unlike tshark, which logs the first answer without its request."""
+    txs, anomalies, _ = analysed(build_proxy_protocol_then_http(), tmp_path)
+    assert txs == [("GET", "/a", 200, "complete")] * 2

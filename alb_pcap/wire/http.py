@@ -753,9 +753,16 @@ class _Reader:
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
             # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
-            # (A head always ends with LF, so there is one to find.)
-            e.rescan = raw[raw.find(b"\n", start, end) + 1 : end]
+            # (A head always ends with LF, so there is one to find.) Or on the
+            # same line, after a binary prefix (a SOCKS handshake, then GET).
+            lf = raw.find(b"\n", start, end)
+            inner = self._start_inside(raw[start + 1 : lf]) if e.name.startswith("bad_HTTP") else -1
+            e.rescan = raw[(start + 1 + inner if inner >= 0 else lf + 1) : end]
             raise
+
+    def _start_inside(self, line: bytes) -> int:
+        """Where a message starts inside a rejected start line, or -1."""
+        return self._find_start(line, 0)
 
     def _parse_lines(self, lines: list[str]) -> _Head:
         """A head's start line, parsed, and fields; raises ParseError for a bad start line."""
@@ -995,6 +1002,16 @@ class _RequestReader(_Reader):
         # Not remembered: the anomaly is due each time.
         self._warn("HTTP_space_in_target", line[:80])
         return m.groups()
+
+    def _start_inside(self, line: bytes) -> int:
+        # Only a method a client means (a bare "T" in "G(T / HTTP/1.1" is no request), and
+        # "PGET" after a SOCKS port 80 (0x00 0x50) is GET.
+        i = self._find_start(line, 0)
+        if i < 0:
+            return -1
+        word = line[i : line.find(b" ", i)].decode("latin-1")
+        known = next((m for m in _SIMPLE_METHODS if word.endswith(m)), None)
+        return -1 if known is None else i + len(word) - len(known)
 
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         lf = buf.find(b"\n", start)
