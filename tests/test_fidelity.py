@@ -271,3 +271,46 @@ def test_http_after_a_proxy_protocol_line_is_found(tmp_path):
     unlike tshark, which logs the first answer without its request."""
     txs, anomalies, _ = analysed(build_proxy_protocol_then_http(), tmp_path)
     assert txs == [("GET", "/a", 200, "complete")] * 2
+
+
+# -- 5. answers paired with the wrong request
+
+
+def _get(n: int) -> bytes:
+    return b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n
+
+
+def _ok(n: int, size: int = 2) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size + b"%d" % n * size
+
+
+@capture
+def build_joined_mid_answer() -> Wire:
+    """Joined mid-stream: GET /1 is seen, not the first segment of its 3000-byte answer (so no hole
+    the TCP stage could see: the server's stream starts at the second segment); then /2 and /3."""
+    first = _ok(1, 3000)
+    w, c, s, t = Wire(), 1001, 9001, 0.0
+    w.add(t, C, 40000, S, 80, DATA, seq=c, ack=s - 1460, payload=_get(1))
+    c += len(_get(1))
+    w.add(t + 0.002, S, 80, C, 40000, DATA, seq=s, ack=c, payload=first[1460:])
+    s += len(first) - 1460
+    for n in (2, 3):
+        t += 0.010
+        w.add(t, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(n))
+        c += len(_get(n))
+        w.add(t + 0.002, S, 80, C, 40000, DATA, seq=s, ack=c, payload=_ok(n))
+        s += len(_ok(n))
+    return w
+
+
+def test_an_answer_whose_start_was_not_captured_does_not_shift_the_others(tmp_path):
+    """The server's bytes after GET /1 and before GET /2 can only be /1's answer (a client sends
+    its next request once the answer is in): /1 gets none, /2 and /3 their own, and the loss is
+    reported (was: /1 paired with /2's 200, /2 with /3's, /3 with none).
+
+    tshark agrees on /1 and /3 but leaves /2 without answer: it does not look for /2's status line
+    behind the body tail it could not frame.
+    """
+    txs, anomalies, _ = analysed(build_joined_mid_answer(), tmp_path)
+    assert txs == [("GET", "/1", None, "gap"), ("GET", "/2", 200, "complete"), ("GET", "/3", 200, "complete")]
+    assert anomalies == {"bad_HTTP_reply": 1, "HTTP_response_start_missing": 1}

@@ -58,6 +58,8 @@ HTTP_space_in_target               request target with spaces (attack traffic): 
 HTTP_head_too_large                head or chunk line over HEAD_MAX bytes; resync
 HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
 HTTP_content_gap                   a gap hit a head or chunk framing; resync
+HTTP_response_start_missing        server bytes that were no status line answered a
+                                     request: it gets no answer, the next ones pair right
 HTTP_truncated_head                the connection ended inside a message head
 HTTP_internal_error                a bug in this module (should never appear)
 TLS_not_decrypted                  the connection starts with TLS records: not read
@@ -1105,11 +1107,13 @@ class _RequestReader(_Reader):
 
 
 class _ResponseReader(_Reader):
-    __slots__ = ()
+    __slots__ = ("lost_since",)
 
     def __init__(self, conn: HttpConnection) -> None:
         super().__init__(conn, RESP)
         self.parse_start_line, self.start_lines = _status_line, _STATUS_LINES
+        # When server bytes that are no status line began (see HttpConnection._realign).
+        self.lost_since: int | None = None
 
     def _read_head(self, data: bytes) -> None:
         awaiting = self.conn._awaiting
@@ -1145,6 +1149,9 @@ class _ResponseReader(_Reader):
         if version != self.version:
             self._check_version(version)
         conn = self.conn
+        if self.lost_since is not None:
+            conn._realign(self.lost_since)
+            self.lost_since = None
         tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line)
         if 100 <= status < 200 and status != 101:
             tx.interim += (status,)  # the final answer follows (RFC 9110 §15.2)
@@ -1331,6 +1338,8 @@ class HttpConnection:
         """Record what went wrong and resync; False if the rest of the data must go."""
         if isinstance(error, ParseError):
             self._anomaly(error.name, reader.frame, reader.ts, error.detail)
+            if error.name == "bad_HTTP_reply" and reader.direction == RESP:
+                reader.lost_since = reader.head_ts  # type: ignore[attr-defined]
             reader.resync()
             return True
         # A bug of ours: a capture must never crash the pipeline, but say so.
@@ -1366,6 +1375,25 @@ class HttpConnection:
         victim.cut("open")
         victim.done[RESP] = True
         reader._warn("HTTP_excessive_pipelining", f"over {MAX_PENDING} requests unanswered")
+
+    def _realign(self, since: int) -> None:
+        """The server sent bytes that were no status line from ``since`` on, and a status line now.
+
+        If the oldest waiting request was sent before those bytes and the next one after them,
+        they were the oldest's answer, its start lost (a capture joined mid-stream, a hole the
+        TCP stage could not see): a client sends its next request once the answer is in. Pairing
+        this status line with the oldest would shift every later answer by one.
+        """
+        awaiting = self._awaiting
+        if len(awaiting) < 2:
+            return
+        first, second = awaiting[0].start_ns[ORIG], awaiting[1].start_ns[ORIG]
+        if first is not None and second is not None and first <= since < second:
+            tx = awaiting.popleft()
+            tx.cut("gap")
+            tx.done[RESP] = True
+            self._readers[RESP]._warn("HTTP_response_start_missing",
+                                      f"answer to request {tx.index} not recognised")
 
     def _unmatched_reply(self, reader: _Reader, status_line: str) -> _Tx:
         reader._warn("unmatched_HTTP_reply", status_line[:80])
