@@ -314,3 +314,42 @@ def test_an_answer_whose_start_was_not_captured_does_not_shift_the_others(tmp_pa
     txs, anomalies, _ = analysed(build_joined_mid_answer(), tmp_path)
     assert txs == [("GET", "/1", None, "gap"), ("GET", "/2", 200, "complete"), ("GET", "/3", 200, "complete")]
     assert anomalies == {"bad_HTTP_reply": 1, "HTTP_response_start_missing": 1}
+
+
+@capture
+def build_answer_captured_before_its_request() -> Wire:
+    """Joined mid-stream (no SYN), two mirror sources: the first answer is captured 50 us before
+    its request; the second exchange is in order."""
+    w, c, s = Wire(), 1001, 9001
+    w.add(0.000050, S, 80, C, 40000, DATA, seq=s, ack=c + len(_get(1)), payload=_ok(1))
+    w.add(0.000100, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(1))
+    c, s = c + len(_get(1)), s + len(_ok(1))
+    w.add(0.010, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(2))
+    w.add(0.012, S, 80, C, 40000, DATA, seq=s, ack=c + len(_get(2)), payload=_ok(2))
+    return w
+
+
+def test_an_answer_captured_before_its_request_pairs_with_it(tmp_path):
+    """The TCP stage holds such an answer back when it has seen the client's direction; on the first
+    segments of a connection joined mid-stream it cannot, so the HTTP stage waits for the client's
+    next head (10 ms at most). Was: the 200 unmatched, /1 paired with /2's answer, /2 with none.
+
+    Deliberately unlike tshark, which reports the first answer without request and /1 unanswered.
+    """
+    txs, anomalies, _ = analysed(build_answer_captured_before_its_request(), tmp_path)
+    assert txs == [("GET", "/1", 200, "complete"), ("GET", "/2", 200, "complete")]
+    assert anomalies == {"HTTP_reply_before_request": 1}
+
+
+def test_an_early_answer_with_no_request_soon_after_is_unmatched():
+    """A first answer with no request within 10 ms, or a 408 (never an answer), stays unmatched."""
+    timeout = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    for late, answer, status in ((20_000_000, _ok(1), 200), (1000, timeout, 408)):
+        conn = HttpConnection(1, AnomalyLog())
+        conn.data(RESP, answer, 1000, 1)
+        conn.data(ORIG, _get(1), 1000 + late, 2)
+        conn.data(RESP, _ok(1), 2000 + late, 3)
+        for d in (ORIG, RESP):
+            conn.end(d, "fin", 3000 + late, 4)
+        assert [(e.method, e.status) for e in conn.exchanges()] == [(None, status), ("GET", 200)]
+        assert conn.anomalies.counts == {"unmatched_HTTP_reply": 1}

@@ -58,6 +58,7 @@ HTTP_space_in_target               request target with spaces (attack traffic): 
 HTTP_head_too_large                head or chunk line over HEAD_MAX bytes; resync
 HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
 HTTP_content_gap                   a gap hit a head or chunk framing; resync
+HTTP_reply_before_request          the first answer was captured before its request
 HTTP_response_start_missing        server bytes that were no status line answered a
                                      request: it gets no answer, the next ones pair right
 HTTP_truncated_head                the connection ended inside a message head
@@ -81,6 +82,7 @@ HEAD_MAX = 64 * 1024  # bytes of one head or chunk line we are willing to buffer
 RESYNC_KEEP = 8 * 1024  # tail kept while scanning for a message start
 MAX_LINE = RESYNC_KEEP - 64  # longest request line resync can recognise
 MAX_PENDING = 100  # unanswered requests per connection (Zeek's default too)
+EARLY_NS = 10_000_000  # an answer captured up to 10 ms before its request is its answer (see _ahead_of)
 MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow attempts
 
 Fields = tuple[tuple[str, str], ...]
@@ -1027,7 +1029,8 @@ class _RequestReader(_Reader):
         _, (method, target, version), fields, _ = head
         if version != self.version:
             self._check_version(version)
-        tx = self.conn._new_tx(self)
+        conn = self.conn
+        tx = (conn._early is not None and conn._ahead_of(self.head_ts)) or conn._new_tx(self)
         tx.method, tx.uri, tx.version, tx.request_headers = method, target, version, fields
         tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
         return tx
@@ -1152,7 +1155,7 @@ class _ResponseReader(_Reader):
         if self.lost_since is not None:
             conn._realign(self.lost_since)
             self.lost_since = None
-        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line)
+        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line, status)
         if 100 <= status < 200 and status != 101:
             tx.interim += (status,)  # the final answer follows (RFC 9110 §15.2)
             return None
@@ -1236,6 +1239,7 @@ class HttpConnection:
         self._txs: deque[_Tx] = deque()  # every exchange not handed out yet, in order
         self._awaiting: deque[_Tx] = deque()  # requests whose final answer has not begun
         self._count = 0
+        self._early: _Tx | None = None  # an answer that may have been captured before its request
         self._dropped = 0  # exchanges that were only a place kept for lost bytes (see exchanges())
         self._server_done: str | None = None  # how RESP ended, once it has
         self._tunnel = False
@@ -1265,6 +1269,8 @@ class HttpConnection:
             self._feed_after(reader, data, e)
 
     def gap(self, direction: int, size: int, ts_ns: int, frame: int) -> None:
+        if self._early is not None and direction == ORIG:
+            self._settle_early(self._early)
         reader = self._readers[direction]
         reader.ts = reader.data_ts = ts_ns
         reader.frame = frame
@@ -1274,6 +1280,8 @@ class HttpConnection:
             self._recover(reader, e)
 
     def end(self, direction: int, how: str, ts_ns: int, frame: int) -> None:
+        if self._early is not None and direction == ORIG:
+            self._settle_early(self._early)
         reader = self._readers[direction]
         reader.ts, reader.frame = ts_ns, frame  # data_ts stays the last byte's
         try:
@@ -1395,11 +1403,37 @@ class HttpConnection:
             self._readers[RESP]._warn("HTTP_response_start_missing",
                                       f"answer to request {tx.index} not recognised")
 
-    def _unmatched_reply(self, reader: _Reader, status_line: str) -> _Tx:
-        reader._warn("unmatched_HTTP_reply", status_line[:80])
+    def _unmatched_reply(self, reader: _Reader, status_line: str, status: int) -> _Tx:
         tx = self._new_tx(reader)
+        if tx.index == 1 and self._request.version is None and status != 408:
+            # The first message of a connection whose client has not spoken yet: on a capture
+            # joined mid-stream, mirrors of the two directions can put an answer a little ahead
+            # of its request, and the TCP stage, having seen no client segment, cannot hold it
+            # back. The client's next head tells (_ahead_of). A 408 is never an answer.
+            self._early = tx
+            return tx
+        reader._warn("unmatched_HTTP_reply", status_line[:80])
         tx.done[ORIG] = True
         return tx
+
+    def _ahead_of(self, ts_ns: int) -> _Tx | None:
+        """The early answer, if the request whose head began at ``ts_ns`` is what it answered."""
+        tx, self._early = self._early, None
+        assert tx is not None
+        start = tx.start_ns[RESP]
+        if start is not None and ts_ns - start <= EARLY_NS:
+            self._readers[ORIG]._warn("HTTP_reply_before_request",
+                                      f"captured {(ts_ns - start) / 1000:.0f} us before its request")
+            return tx
+        self._settle_early(tx)
+        return None
+
+    def _settle_early(self, tx: _Tx) -> None:
+        """An early answer turned out to have no request: an unmatched reply after all."""
+        self._early = None
+        self._anomaly("unmatched_HTTP_reply", tx.start_frame[RESP] or 0, tx.start_ns[RESP] or 0,
+                      f"{tx.status} {tx.reason}"[:80])
+        tx.done[ORIG] = True
 
     def _answered(self, tx: _Tx) -> None:
         """A final answer began; a client paused on it may go on."""
@@ -1414,6 +1448,7 @@ class HttpConnection:
                 other.cut("tunnel")
                 other.done[ORIG] = other.done[RESP] = True
         self._awaiting.clear()
+        self._early = None
         self._tunnel = True
         if tx.status == 101 and _upgrades_to_h2c(tx):
             self.protocol = "HTTP/2"
