@@ -353,3 +353,34 @@ def test_an_early_answer_with_no_request_soon_after_is_unmatched():
             conn.end(d, "fin", 3000 + late, 4)
         assert [(e.method, e.status) for e in conn.exchanges()] == [(None, status), ("GET", 200)]
         assert conn.anomalies.counts == {"unmatched_HTTP_reply": 1}
+
+
+# -- 6. TCP Fast Open
+
+
+@capture
+def build_tcp_fast_open() -> Wire:
+    """The request in the SYN (TFO), the SYN-ACK acknowledging it, the answer, FINs; then the same
+    SYN retransmitted on another connection whose first SYN was lost (its data is not doubled)."""
+    w = Wire()
+    c = 1001 + len(GET)
+    (w.add(0.000, C, 40000, S, 80, TH_SYN, seq=1000, payload=GET)
+      .add(0.001, S, 80, C, 40000, TH_SYN | TH_ACK, seq=5000, ack=c)
+      .add(0.002, S, 80, C, 40000, DATA, seq=5001, ack=c, payload=OK)
+      .add(0.003, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c, ack=5001 + len(OK))
+      .add(0.004, S, 80, C, 40000, TH_FIN | TH_ACK, seq=5001 + len(OK), ack=c + 1))
+    (w.add(1.000, C, 40001, S, 80, TH_SYN, seq=1000, payload=GET)
+      .add(2.000, C, 40001, S, 80, TH_SYN, seq=1000, payload=GET)
+      .add(2.001, S, 80, C, 40001, TH_SYN | TH_ACK, seq=5000, ack=c)
+      .add(2.002, S, 80, C, 40001, DATA, seq=5001, ack=c, payload=OK))
+    return w
+
+
+def test_a_request_in_the_syn_is_delivered(tmp_path):
+    """Was: "lost in head" (the SYN-ACK acknowledged bytes never delivered) and the answer
+    unmatched. tshark agrees."""
+    txs, anomalies, conns = analysed(build_tcp_fast_open(), tmp_path)
+    assert txs == [("GET", "/a", 200, "complete")] * 2
+    assert not anomalies
+    assert [(c.orig_bytes, c.missed_bytes, c.retransmits) for c in conns] == [
+        (len(GET), 0, (0, 0)), (len(GET), 0, (1, 0))]

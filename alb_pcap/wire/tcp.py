@@ -316,7 +316,12 @@ class TcpTracker:
         if control or half.state not in _SETTLED:
             self._endpoint_state(conn, direction, flags)
         if flags & TH_SYN:
+            fresh = half.isn is None
             self._syn(conn, half, pkt)
+            if size and fresh and half.isn == pkt.seq:
+                # TCP Fast Open (RFC 7413): a SYN carries data, the stream's first bytes
+                # (a retransmitted SYN was counted by _syn already).
+                self._data(conn, direction, half, pkt, 0, size)
             return
         if half.next_seq is None:
             half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
