@@ -281,7 +281,8 @@ def _get(n: int) -> bytes:
 
 
 def _ok(n: int, size: int = 2) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size + b"%d" % n * size
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size
+    return head + b"%d" % n * size
 
 
 @capture
