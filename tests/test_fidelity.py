@@ -385,3 +385,35 @@ def test_a_request_in_the_syn_is_delivered(tmp_path):
     assert not anomalies
     assert [(c.orig_bytes, c.missed_bytes, c.retransmits) for c in conns] == [
         (len(GET), 0, (0, 0)), (len(GET), 0, (1, 0))]
+
+
+# -- 7. RSTs the receiver ignored (RFC 5961)
+
+
+@capture
+def build_rst_outside_the_window() -> Wire:
+    """GET /1, then an RST 2 GB away from the client's stream (an injection that guessed wrong), then
+    the answer, GET /2 and its answer, FINs."""
+    w, c, s = handshake(Wire()), 1001, 5001
+    w.add(0.003, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(1))
+    c += len(_get(1))
+    w.add(0.004, C, 40000, S, 80, TH_RST | TH_ACK, seq=c + 2**31 - 5, ack=s)
+    w.add(0.005, S, 80, C, 40000, DATA, seq=s, ack=c, payload=_ok(1))
+    s += len(_ok(1))
+    w.add(0.006, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(2))
+    c += len(_get(2))
+    w.add(0.007, S, 80, C, 40000, DATA, seq=s, ack=c, payload=_ok(2))
+    s += len(_ok(2))
+    return (w.add(0.008, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c, ack=s)
+             .add(0.009, S, 80, C, 40000, TH_FIN | TH_ACK, seq=s, ack=c + 1))
+
+
+def test_an_rst_outside_the_window_does_not_end_the_connection(tmp_path):
+    """Was: the connection ended at the RST (RSTO, /1 cut "rst", the rest dropped); now both
+    exchanges, an SF connection, and RST_outside_window.
+
+    tshark agrees on /1 but logs /2's answer without its request."""
+    txs, anomalies, (conn,) = analysed(build_rst_outside_the_window(), tmp_path)
+    assert txs == [("GET", "/1", 200, "complete"), ("GET", "/2", 200, "complete")]
+    assert anomalies == {"RST_outside_window": 1}
+    assert (conn.conn_state, conn.rst, conn.missed_bytes) == ("SF", None, 0)

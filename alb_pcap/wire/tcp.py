@@ -61,6 +61,7 @@ MAX_PROBES_KEPT = 64
 HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of the other direction waits
 HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
+RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 
 # Zeek endpoint states (TCP_Endpoint.h).
@@ -309,6 +310,8 @@ class TcpTracker:
                 else:
                     acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
         half.pkts += 1
+        if flags & TH_RST and half.next_seq is not None and self._outside_window(conn, half, pkt):
+            return
         size = len(pkt.payload) + pkt.missing
         control = flags & _CONTROL
         if control or pkt.win == 0 or ("d" if size else "a") not in half.letters:
@@ -365,6 +368,16 @@ class TcpTracker:
             peer.next_seq = (peer.next_seq + 1) % _MOD
             return True
         return False
+
+    def _outside_window(self, conn: _Conn, half: _Half, pkt: Packet) -> bool:
+        """An RST whose sequence number is far from its direction's stream: its receiver drops it
+        (RFC 5961 §3.2: only an RST in the window ends a connection), and so do we."""
+        rel = _seq_diff(pkt.seq, half.next_seq)
+        if -RST_WINDOW <= rel <= RST_WINDOW:
+            return False
+        self.anomalies.add("RST_outside_window", pkt.frame, pkt.ts_ns, conn.flow,
+                           f"{rel:+} from the next sequence number: ignored by the receiver")
+        return True
 
     # -- segments captured ahead of the bytes they acknowledge ----------------------------------
 
