@@ -417,3 +417,57 @@ def test_an_rst_outside_the_window_does_not_end_the_connection(tmp_path):
     assert txs == [("GET", "/1", 200, "complete"), ("GET", "/2", 200, "complete")]
     assert anomalies == {"RST_outside_window": 1}
     assert (conn.conn_state, conn.rst, conn.missed_bytes) == ("SF", None, 0)
+
+
+def _answer_cut_by(rst_from_client: tuple[int, int] | None, then_client: bool) -> Wire:
+    """GET /1 and a 3000-byte answer in two segments with an in-window RST "from the client" between
+    them; then (then_client) the client's GET /2 and its answer, or the server's FIN."""
+    w, c, s = handshake(Wire()), 1001, 5001
+    big = _ok(1, 3000)
+    w.add(0.003, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(1))
+    c += len(_get(1))
+    w.add(0.004, S, 80, C, 40000, DATA, seq=s, ack=c, payload=big[:1460])
+    if rst_from_client:
+        w.add(0.005, C, 40000, S, 80, TH_RST | TH_ACK, seq=c + rst_from_client[0], ack=s + rst_from_client[1])
+    w.add(0.006, S, 80, C, 40000, DATA, seq=s + 1460, ack=c, payload=big[1460:])
+    s += len(big)
+    if then_client:
+        w.add(0.007, C, 40000, S, 80, DATA, seq=c, ack=s, payload=_get(2))
+        c += len(_get(2))
+        w.add(0.008, S, 80, C, 40000, DATA, seq=s, ack=c, payload=_ok(2))
+        s += len(_ok(2))
+        w.add(0.009, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c, ack=s)
+    return w.add(0.010, S, 80, C, 40000, TH_FIN | TH_ACK, seq=s, ack=c + then_client)
+
+
+@capture
+def build_injected_rst() -> Wire:
+    """An RST in the client's window, injected mid-download (a middlebox, or a TCP-MD5-signed
+    session whose receiver refused the unsigned RST): the server goes on, and so does the client."""
+    return _answer_cut_by((0, 1460), then_client=True)
+
+
+def test_an_injected_rst_followed_by_more_data_does_not_end_the_connection(tmp_path):
+    """The client's direction goes on after an RST that claims to be the client's: its receiver
+    ignored it (RFC 5961), so does alb-pcap, with RST_ignored. Was: /1 cut "rst" at 1460 bytes,
+    /2 dropped, the connection RSTO (a reset to explain where there was none). tshark agrees."""
+    txs, anomalies, (conn,) = analysed(build_injected_rst(), tmp_path)
+    assert txs == [("GET", "/1", 200, "complete"), ("GET", "/2", 200, "complete")]
+    assert anomalies == {"RST_ignored": 1}
+    assert (conn.conn_state, conn.rst, conn.history) == ("SF", None, "ShADdFf")
+
+
+@capture
+def build_heeded_rst() -> Wire:
+    """The client resets mid-download: the server's next segment was in flight and is captured after
+    the RST, then its FIN; the client says nothing more."""
+    return _answer_cut_by((0, 1460), then_client=False)
+
+
+def test_an_rst_whose_sender_says_nothing_more_ends_the_connection(tmp_path):
+    """What the other side sent after the RST is no sign it was ignored (it crossed the RST): the
+    RST ends the connection, as before."""
+    txs, anomalies, (conn,) = analysed(build_heeded_rst(), tmp_path)
+    assert txs == [("GET", "/1", 200, "rst")]
+    assert anomalies == {"HTTP_content_length_mismatch": 1}
+    assert conn.conn_state == "RSTO" and conn.rst is not None and conn.rst.frame == 6

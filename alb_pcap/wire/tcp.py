@@ -62,7 +62,9 @@ HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of 
 HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
 RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
-HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
+HOLD_GIVE_UP = 3
+RST_WAIT_NS = 1_000_000_000  # how long an RST waits for its sender's direction to go on (or not)
+RST_WAIT_SEGMENTS = 32  # segments that may follow it meanwhile  # holds that expired (the bytes never came) before a connection stops holding
 
 # Zeek endpoint states (TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -128,7 +130,7 @@ class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
         "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
-        "held", "held_dir", "held_until", "hold_expired",
+        "held", "held_dir", "held_until", "hold_expired", "rst_wait", "rst_until",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -152,6 +154,10 @@ class _Conn:
         self.held_dir = ORIG  # the direction they were sent in
         self.held_until = 0  # capture time at which they stop waiting
         self.hold_expired = 0  # holds whose bytes never came
+        # An RST in the window and what followed it, (direction, segment), until it is known
+        # whether its receiver heeded it (see TcpTracker._rst_waits).
+        self.rst_wait: list[tuple[int, Packet]] | None = None
+        self.rst_until = 0
 
     @property
     def flow(self) -> str:
@@ -222,6 +228,7 @@ class TcpTracker:
         self._next_id = 1
         self._next_sweep = 0
         self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
+        self._rst_waiting: dict[int, _Conn] = {}  # id -> connection whose RST waits for a verdict
         self._releasing = False
         self.connections_seen = 0
 
@@ -245,6 +252,8 @@ class TcpTracker:
         ts = pkt.ts_ns
         if ts > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
             conn.last_ns = ts  # must not make a duration negative
+        if (conn.rst_wait is not None or pkt.flags & TH_RST) and self._rst_waits(conn, direction, pkt):
+            return
         self._segment(conn, direction, pkt)
         if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
             # both FINs acknowledged: nothing more is due, so release it now rather than after
@@ -368,6 +377,54 @@ class TcpTracker:
             peer.next_seq = (peer.next_seq + 1) % _MOD
             return True
         return False
+
+    # -- RSTs that may not end the connection (RFC 5961) -----------------------------------------
+
+    def _rst_waits(self, conn: _Conn, direction: int, pkt: Packet) -> bool:
+        """Hold back an RST on an established connection, and what follows it, until its sender's
+        direction says whether it was the sender's: an endpoint that sent an RST sends nothing
+        more, so in-sequence data or a FIN from that direction after it means the RST was
+        injected by a third party or refused by its receiver (a TCP-MD5 signature that did not
+        verify), and the connection went on. Otherwise it ends the connection, as before, once
+        ``RST_WAIT_NS`` have passed or ``RST_WAIT_SEGMENTS`` segments followed it."""
+        wait = conn.rst_wait
+        if wait is None:
+            if conn.rst is not None or conn.held is not None or not self._established(conn):
+                return False
+            if abs(_seq_diff(pkt.seq, conn.half[direction].next_seq)) > RST_WINDOW:
+                return False  # no wait: _segment drops it (_outside_window)
+            conn.rst_wait, conn.rst_until = [(direction, pkt)], pkt.ts_ns + RST_WAIT_NS
+            self._rst_waiting[conn.id] = conn
+            self._next_sweep = min(self._next_sweep, conn.rst_until)
+            return True
+        rst = wait[0][1]
+        if pkt.ts_ns > conn.rst_until or len(wait) >= RST_WAIT_SEGMENTS:
+            self._rst_verdict(conn, heeded=True)
+            return False
+        if (direction == wait[0][0] and not pkt.flags & TH_RST and (pkt.payload or pkt.flags & TH_FIN)
+                and _seq_diff(pkt.seq, rst.seq) >= 0):
+            self._rst_verdict(conn, heeded=False)
+            return False
+        wait.append((direction, pkt))
+        return True
+
+    @staticmethod
+    def _established(conn: _Conn) -> bool:
+        return all(half.state in (ESTABLISHED, PARTIAL) and half.next_seq is not None for half in conn.half)
+
+    def _rst_verdict(self, conn: _Conn, heeded: bool) -> None:
+        """Play the held RST (heeded) or drop it, then what followed it."""
+        wait, conn.rst_wait = conn.rst_wait, None
+        self._rst_waiting.pop(conn.id, None)
+        assert wait is not None
+        direction, rst = wait[0]
+        if not heeded:
+            wait = wait[1:]
+            conn.half[direction].pkts += 1
+            self.anomalies.add("RST_ignored", rst.frame, rst.ts_ns, conn.flow,
+                               "its sender's stream went on after it: injected, or refused by its receiver")
+        for d, pkt in wait:
+            self._segment(conn, d, pkt)
 
     def _outside_window(self, conn: _Conn, half: _Half, pkt: Packet) -> bool:
         """An RST whose sequence number is far from its direction's stream: its receiver drops it
@@ -682,6 +739,10 @@ class TcpTracker:
 
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
+        for conn in [c for c in self._rst_waiting.values() if c.rst_until <= now_ns]:
+            self._rst_verdict(conn, heeded=True)
+        for conn in self._rst_waiting.values():
+            self._next_sweep = min(self._next_sweep, conn.rst_until)
         if self._holding:
             for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
                 self._release(conn, expired=True)
@@ -710,6 +771,8 @@ class TcpTracker:
         # Mark it closed before ending its streams: ending a stream can drain a buffered FIN
         # (_maybe_end), which would otherwise put the connection back in the linger set for
         # the sweep to finalize a second time. The linger entry goes after the streams end.
+        if conn.rst_wait is not None:  # no verdict came: the RST ended the connection
+            self._rst_verdict(conn, heeded=True)
         if conn.held is not None:  # before anything ends: held segments still belong to the streams
             self._release(conn, expired=False)
         if conn.closed_at is None:
