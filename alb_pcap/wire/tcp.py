@@ -61,10 +61,10 @@ MAX_PROBES_KEPT = 64
 HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of the other direction waits
 HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
+HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
-HOLD_GIVE_UP = 3
 RST_WAIT_NS = 1_000_000_000  # how long an RST waits for its sender's direction to go on (or not)
-RST_WAIT_SEGMENTS = 32  # segments that may follow it meanwhile  # holds that expired (the bytes never came) before a connection stops holding
+RST_WAIT_SEGMENTS = 32  # segments that may follow it meanwhile
 
 # Zeek endpoint states (TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
