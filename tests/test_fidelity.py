@@ -335,7 +335,8 @@ def test_an_answer_captured_before_its_request_pairs_with_it(tmp_path):
     segments of a connection joined mid-stream it cannot, so the HTTP stage waits for the client's
     next head (10 ms at most). Was: the 200 unmatched, /1 paired with /2's answer, /2 with none.
 
-    Deliberately unlike tshark, which reports the first answer without request and /1 unanswered.
+    Deliberately unlike tshark, which logs the first answer without request and drops GET /1 as a
+    "spurious retransmission" (the answer captured before it had acknowledged its bytes).
     """
     txs, anomalies, _ = analysed(build_answer_captured_before_its_request(), tmp_path)
     assert txs == [("GET", "/1", 200, "complete"), ("GET", "/2", 200, "complete")]
