@@ -472,3 +472,14 @@ def test_an_rst_whose_sender_says_nothing_more_ends_the_connection(tmp_path):
     assert txs == [("GET", "/1", 200, "rst")]
     assert anomalies == {"HTTP_content_length_mismatch": 1}
     assert conn.conn_state == "RSTO" and conn.rst is not None and conn.rst.frame == 6
+
+
+def test_an_rst_ends_the_connection_once_its_wait_is_over(tmp_path):
+    """Client data 0.5 s after its RST (past RST_WAIT_NS) is no verdict any more: the RST ended the
+    connection when its wait ran out, and what came after is dropped, as before."""
+    w = _answer_cut_by((0, 1460), then_client=False)
+    c = 1001 + len(_get(1))
+    w.add(0.600, C, 40000, S, 80, DATA, seq=c, ack=5001 + len(_ok(1, 3000)), payload=_get(2))
+    txs, anomalies, (conn,) = analysed(w, tmp_path)
+    assert txs == [("GET", "/1", 200, "rst")]
+    assert "RST_ignored" not in anomalies and conn.conn_state == "RSTO"

@@ -63,7 +63,8 @@ HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
-RST_WAIT_NS = 1_000_000_000  # how long an RST waits for its sender's direction to go on (or not)
+RST_WAIT_NS = 200_000_000  # how long an RST waits for its sender's direction to go on (or not);
+# short beside diagnosis's 1 s look-ahead, as the exchanges the RST cuts wait with it
 RST_WAIT_SEGMENTS = 32  # segments that may follow it meanwhile
 
 # Zeek endpoint states (TCP_Endpoint.h).
