@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from alb_pcap.model import ORIG, RESP, TH_ACK, TH_FIN, TH_PUSH, TH_RST, TH_SYN, AnomalyLog
 from alb_pcap.wire.http import HttpConnection
 
 from .analysis import run
+from .conftest import shared_dir
 from .wire import Wire
 
 C, S = "10.0.0.1", "10.0.0.2"
@@ -483,3 +486,94 @@ def test_an_rst_ends_the_connection_once_its_wait_is_over(tmp_path):
     txs, anomalies, (conn,) = analysed(w, tmp_path)
     assert txs == [("GET", "/1", 200, "rst")]
     assert "RST_ignored" not in anomalies and conn.conn_state == "RSTO"
+
+
+# -- where alb-pcap departs from tshark on purpose (issue 11's last point)
+
+
+@capture
+def build_blank_line_before_a_status_line() -> Wire:
+    return _two_way(handshake(Wire()), [GET], [b"\r\n" + OK])
+
+
+def test_a_blank_line_before_a_status_line_is_skipped(tmp_path):
+    """RFC 9112 §2.2: empty lines before a message are ignored. tshark agrees."""
+    txs, anomalies, _ = analysed(build_blank_line_before_a_status_line(), tmp_path)
+    assert txs == [("GET", "/a", 200, "complete")] and not anomalies
+
+
+@capture
+def build_fin_in_the_middle_of_a_head() -> Wire:
+    """The client's head stops before its empty line, then FIN; the server answers 400 and closes."""
+    head = b"GET /a HTTP/1.1\r\nHost: x\r\n"
+    bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    c = 1001 + len(head)
+    return (handshake(Wire())
+            .add(0.003, C, 40000, S, 80, DATA, seq=1001, ack=5001, payload=head)
+            .add(0.004, C, 40000, S, 80, TH_FIN | TH_ACK, seq=c, ack=5001)
+            .add(0.005, S, 80, C, 40000, DATA, seq=5001, ack=c + 1, payload=bad)
+            .add(0.006, S, 80, C, 40000, TH_FIN | TH_ACK, seq=5001 + len(bad), ack=c + 1))
+
+
+def test_a_head_cut_by_a_fin_keeps_its_request_line(tmp_path):
+    """The complete lines of a head cut by the client's FIN are its request, and the server's 400
+    answers it (HTTP_truncated_head). Deliberately unlike tshark, which logs the 400 without request."""
+    txs, anomalies, _ = analysed(build_fin_in_the_middle_of_a_head(), tmp_path)
+    assert txs == [("GET", "/a", 400, "fin")]
+    assert anomalies == {"HTTP_truncated_head": 1}
+
+
+def _bad_status_then_good(status_line: bytes) -> Wire:
+    return _two_way(handshake(Wire()), [_get(1), _get(2)],
+                    [status_line + b"\r\nContent-Length: 2\r\n\r\nhi", _ok(2)])
+
+
+@capture
+def build_status_http_1_00() -> Wire:
+    return _bad_status_then_good(b"HTTP/1.00 200 OK")
+
+
+@capture
+def build_status_2xx() -> Wire:
+    return _bad_status_then_good(b"HTTP/1.1 2XX OK")
+
+
+def test_status_lines_rfc_9112_rejects_are_no_answers(tmp_path):
+    """"HTTP/1.00 200" and "HTTP/1.1 2XX" are no status lines (RFC 9112 §4: one digit after the dot,
+    three digits): bad_HTTP_reply, /1 gets no status, and the realignment keeps /2's 200 for /2.
+    Deliberately unlike tshark, which reads status 200 and 2 for /1."""
+    for builder in (build_status_http_1_00, build_status_2xx):
+        txs, anomalies, _ = analysed(builder(), tmp_path)
+        assert txs == [("GET", "/1", None, "gap"), ("GET", "/2", 200, "complete")]
+        assert anomalies == {"bad_HTTP_reply": 1, "HTTP_response_start_missing": 1}
+
+
+# -- tshark on Zeek's traces: the deliberate differences (README "against peers")
+
+SHARED = shared_dir()
+FORMMAIL = ("/cgi-bin/formmail.pl?email=f2@aol.com&subject=www-nrg.ee/cgi-bin/formmail.pl"
+            "&recipient=unknownz@buy2save.com&msg=w00t")
+# trace -> (why, what alb-pcap logs that tshark 4.0 does not, what tshark logs that alb-pcap does not);
+# the other 24 of the 29 traces give the same (method, uri, status) transactions as tshark.
+TSHARK_DELIBERATE: dict[str, tuple[str, Counter, Counter]] = {
+    "http-09": ("HTTP/0.9 requests have no version; tshark does not read them as requests",
+                Counter({("GET", "/zeek.html", None): 1, ("POST", "/zeek.html", None): 1}), Counter()),
+    "http-no-version": ("an HTTP/0.9 request, as http-09",
+                        Counter({("GET", FORMMAIL, None): 1}), Counter()),
+    "http-to-ssh-rst": ("a GET answered by an SSH server: the request is evidence, without an answer",
+                        Counter({("GET", "/", None): 1}), Counter()),
+    "http261-chunk-2pow64": ("the request smuggled behind a 2**64 chunk size is found by resynchronising",
+                             Counter({("GET", "/smuggled-chunk-2pow64", None): 1}), Counter()),
+    "tcp-padding-http": ("Ethernet padding is not payload: alb-pcap reads the request tshark misses",
+                         Counter({("GET", "/", 200): 1}), Counter({(None, None, 200): 1})),
+}
+
+
+@pytest.mark.skipif(SHARED is None, reason="../shared/peer/zeek not found (set ALB_PCAP_SHARED)")
+@pytest.mark.parametrize("trace", sorted(TSHARK_DELIBERATE))
+def test_zeek_traces_where_alb_pcap_departs_from_tshark(trace):
+    _, ours_only, tshark_only = TSHARK_DELIBERATE[trace]
+    (path,) = (SHARED / "peer" / "zeek" / trace).glob("trace.pcap*")
+    _, collected = run(path)
+    ours = Counter((e.method, e.uri, e.status) for e, _ in collected.exchanges)
+    assert ours & ours_only == ours_only and not ours & tshark_only
