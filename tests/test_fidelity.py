@@ -70,6 +70,24 @@ def test_keepalive_probe_on_a_connection_joined_mid_stream_is_not_a_lost_byte(tm
 
 
 @capture
+def build_windows_keepalive_probes_mid_stream() -> Wire:
+    """The same with Windows probes, which carry one garbage byte (0) at the next byte - 1."""
+    w = Wire()
+    for t in (0.0, 75.0, 150.0):
+        (w.add(t, C, 40000, S, 80, TH_ACK, seq=99999, ack=7000, payload=b"\x00")
+          .add(t + 0.001, S, 80, C, 40000, TH_ACK, seq=7000, ack=100000))
+    return w
+
+
+def test_a_windows_keepalive_probe_first_is_no_truncated_head(tmp_path):
+    """The first probe's byte reaches the HTTP stage as data (the TCP stage cannot tell yet); a lone
+    0 byte opening a direction is skipped (was: HTTP_truncated_head). The later probes are probes."""
+    txs, anomalies, (conn,) = analysed(build_windows_keepalive_probes_mid_stream(), tmp_path)
+    assert txs == [] and not anomalies
+    assert conn.probe_counts == (2, 0)
+
+
+@capture
 def build_tls_on_443() -> Wire:
     """TLS with a lost server segment (acknowledged by the client), and a newline inside records."""
     hello = bytes.fromhex("16030100a5010000a10303") + bytes(range(32)) + b"\x00\x02\x13\x01\n\r\n"

@@ -680,8 +680,13 @@ class _Reader:
 
     def _read_first(self, data: bytes) -> None:
         """This direction's first bytes: is the connection HTTP/1 at all?"""
-        self._step = self._read_head
         conn = self.conn
+        if not conn._count and len(data) - self.pos == 1 and data[self.pos] == 0:
+            # A Windows keep-alive probe (one garbage byte, 0, at the next byte - 1) as the first
+            # segment of a direction picked up mid-stream: the TCP stage cannot tell it from data.
+            self.pos = len(data)
+            return
+        self._step = self._read_head
         if not conn._count and (protocol := _other_protocol(data, self.pos)):
             self.pos = len(data)
             conn._not_http(self, protocol)
