@@ -378,6 +378,15 @@ def test_an_early_answer_with_no_request_soon_after_is_unmatched():
         assert conn.anomalies.counts == {"unmatched_HTTP_reply": 1}
 
 
+def test_a_first_answer_after_the_client_ended_is_unmatched_at_once():
+    """No request can follow the client's FIN: nothing to wait for."""
+    conn = HttpConnection(1, AnomalyLog())
+    conn.end(ORIG, "fin", 1, 1)
+    conn.data(RESP, _ok(1), 2, 2)
+    assert conn.anomalies.counts == {"unmatched_HTTP_reply": 1}
+    assert [(e.method, e.status) for e in conn.exchanges()] == [(None, 200)]
+
+
 # -- 6. TCP Fast Open
 
 

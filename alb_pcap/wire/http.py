@@ -1410,8 +1410,9 @@ class HttpConnection:
 
     def _unmatched_reply(self, reader: _Reader, status_line: str, status: int) -> _Tx:
         tx = self._new_tx(reader)
-        if tx.index == 1 and self._request.version is None and status != 408:
-            # The first message of a connection whose client has not spoken yet: on a capture
+        request = self._request
+        if tx.index == 1 and request.version is None and request.state is _S_HEAD and status != 408:
+            # The first message of a connection whose client has not spoken yet (nor ended): on a capture
             # joined mid-stream, mirrors of the two directions can put an answer a little ahead
             # of its request, and the TCP stage, having seen no client segment, cannot hold it
             # back. The client's next head tells (_ahead_of). A 408 is never an answer.
