@@ -335,6 +335,20 @@ def _stream(conn, w: int) -> Iterator[tuple]:
                 return
 
 
+PIPE_BYTES = 1 << 20  # Linux's default cap for unprivileged pipes (/proc/sys/fs/pipe-max-size)
+
+
+def _widen(conn) -> None:
+    """Let a worker run a few batches ahead instead of one (64 KiB default pipe): the parent and
+    the workers then stop waiting for each other at every batch. Best effort, Linux only."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
+
+
 def _context():
     """fork when nothing else runs (cheap); spawn when a thread does (a progress bar's)."""
     method = os.environ.get("ALB_PCAP_START_METHOD")
@@ -352,12 +366,13 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
     for name in names:  # unusable input fails here, as one job fails, before any worker starts
         open_capture(name, AnomalyLog()).close()
     ctx = _context()
-    procs, conns = [], []
+    procs, conns, done = [], [], False
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:
         for k in range(jobs):
             reader, writer = ctx.Pipe(duplex=False)
+            _widen(reader)
             proc = ctx.Process(target=_worker, args=(names, offsets, jobs, k, writer), daemon=True,
                                name=f"alb-pcap-shard-{k}")
             proc.start()
@@ -365,15 +380,16 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
             procs.append(proc)
             conns.append(reader)
         _merge([_stream(c, w) for w, c in enumerate(conns)], sinks, summary, progress, jobs)
+        done = True
     finally:
         gc.set_threshold(*thresholds)
         for c in conns:
             c.close()
-        for proc in procs:
-            proc.join(timeout=0.5 if proc.exitcode is None else None)
-            if proc.exitcode is None:
+        for proc in procs:  # done: they have sent their last record and are exiting
+            if not done:  # an error, Ctrl-C: their work is of no use any more
                 proc.terminate()
-                proc.join()
+        for proc in procs:
+            proc.join()
     return summary
 
 
