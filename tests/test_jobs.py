@@ -97,7 +97,7 @@ def fragmented(src: Path, dst: Path) -> Path:
 
 def test_ip_fragments_are_put_together_in_every_worker(tmp_path):
     capture = fragmented(SAMPLES / "mixed-nginx.pcap", tmp_path / "frag.pcap")
-    status, report, doc = same_for_all_jobs(tmp_path, [capture])
+    status, _, doc = same_for_all_jobs(tmp_path, [capture])
     assert b'"ip_fragment"' in doc and status == 3
 
 
@@ -153,3 +153,11 @@ def test_stdin_and_small_captures_stay_in_one_process(monkeypatch):
     monkeypatch.setattr(shards, "SHARD_MIN_BYTES", 8 << 20)
     assert not shards.worth_sharding([SAMPLES / "mixed-nginx.pcap"])
     assert not shards.worth_sharding(["-"])
+
+
+@pytest.mark.parametrize("name", ["alb-keepalive-race-mirror.pcap", "mixed-nginx.pcap"])
+def test_json_on_stdout_is_the_same(name):
+    runs = [CliRunner().invoke(cli, ["analyze", str(SAMPLES / name), "--jobs", str(n), "--json", "-",
+                                     "--json-detail", "all"]) for n in (1, 2)]
+    assert runs[0].exit_code == runs[1].exit_code == 3
+    assert runs[0].output == runs[1].output and runs[0].output.startswith("{")

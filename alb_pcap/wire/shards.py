@@ -60,8 +60,8 @@ import threading
 import traceback
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Callable, Iterator
 
 from ..model import Anomaly, AnomalyLog, CaptureError, Connection, Exchange, Packet
 from . import pipeline
