@@ -22,7 +22,7 @@ from alb_pcap.model import AnomalyLog
 from alb_pcap.wire import capture
 
 from .capture_builders import (
-    T0_NS, epb, ethernet, idb, ipv4, ipv6, linux_sll, linux_sll2, null_loopback, pcap, pcapng, shb, spb, tcp, udp,
+    T0_NS, epb, ethernet, geneve, idb, ipv4, ipv6, linux_sll, linux_sll2, null_loopback, pcap, pcapng, shb, spb, tcp, udp,
     vxlan_frame,
 )  # fmt: skip
 from .conftest import SAMPLES, shared_dir
@@ -146,7 +146,11 @@ def shapes() -> list[bytes]:
     timed.append((T0_NS, FRAME))  # a mirror copy of the first
     sll = [(T0_NS, linux_sll(ipv4(tcp(b"s"))))]
     big = dict(byte_order=">")
+    inner = [ethernet(ipv4(tcp(b"g", seq=i))) for i in range(300)]
+    geneve_runs = [ethernet(ipv4(udp(geneve(f), dport=6081), proto=17)) for f in inner[:200]]  # Python's
+    geneve_runs[150:150] = inner[200:]  # the walker's again, midway
     return [
+        pcap(geneve_runs),
         pcap(timed),
         pcap(timed, byte_order=">", nanos=True),
         pcap(sll, linktype=113),

@@ -951,6 +951,10 @@ static PyObject *walker_start(Walker *w, PyObject *args)
         return NULL;
     release_walk(w);
     w->halted = 1;
+    if (w->decoder == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Walker.__init__ was not called");
+        return NULL;
+    }
     if (pos < 0 || pos > PyBytes_GET_SIZE(buf)) {
         PyErr_SetString(PyExc_ValueError, "position outside the buffer");
         return NULL;
@@ -1024,6 +1028,8 @@ static PyObject *walker_iter(PyObject *self)
 
 static PyObject *get_pos(Walker *w, void *Py_UNUSED(c)) { return PyLong_FromSsize_t(w->pos); }
 
+static PyObject *get_taken(Walker *w, void *Py_UNUSED(c)) { return PyLong_FromLongLong(w->taken); }
+
 /* (linktype, frames of it not yet in stats.link_types) */
 static PyObject *get_link_run(Walker *w, void *Py_UNUSED(c))
 {
@@ -1054,6 +1060,7 @@ static PyMethodDef walker_methods[] = {
 
 static PyGetSetDef walker_getset[] = {
     {"pos", (getter)get_pos, NULL, "where the walk stopped: the record Python reads next", NULL},
+    {"taken", (getter)get_taken, NULL, "frames taken by the last walk", NULL},
     {"link_run", (getter)get_link_run, NULL, "(linktype, frames not yet counted in stats.link_types)", NULL},
     {"spb_ts", (getter)get_spb_ts, NULL, "the time a pcapng Simple Packet Block would get", NULL},
     {NULL},

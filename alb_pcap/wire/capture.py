@@ -17,6 +17,14 @@ the fragment buffer; it does not grow with the capture's length. The common
 shapes (Ethernet/IPv4/TCP, bare or in VXLAN) take ``fast_ethernet``, one struct
 call per frame; everything else, and anything odd about those, ``decode``.
 
+When ``_fastwire`` (C, built by setup.py) is there and ``ALB_PCAP_PURE`` is not
+set, its Walker does that loop for the frames it fully understands, straight from
+the chunk, and stops before any other record (cut by the chunk, damaged, a pcapng
+block that is not a packet, a frame that logs an anomaly or needs a layer it
+lacks): ``_compiled_packets`` reads and decodes that one here, as the pure path
+does, and starts the walker again after it. Same Packets, counts and anomalies
+either way (tests/test_fastwire.py holds them to it).
+
 Decoding peels layers until it reaches TCP:
 
 - link: Ethernet (any number of 802.1Q/802.1ad tags, 802.3 + SNAP, MPLS label
@@ -104,6 +112,7 @@ MIN_SANE_TS_NS = 0
 MAX_SANE_TS_NS = 253_402_300_800 * 1_000_000_000 - 1
 BACKWARDS_NOTED_NS = 1_000_000_000  # a frame this much older than the one before it is noted
 _DEDUP_MAX_KEYS = 1 << 16
+_MAX_HANDED_OVER = 64  # records in a row read by Python when the C walker takes none
 _MAX_TUNNEL_LABELS = 1024  # distinct "vxlan vni=N" labels before they share one
 
 # Skip reasons (stats.skipped keys).
@@ -294,8 +303,10 @@ class Capture:
         reader = self._reader
         source = reader._source
         walking = False
+        ended: list[bool] = []  # set by _python_records at the end of the file (or damage)
+        idle = 0  # walks in a row that took no frame
         try:
-            while True:
+            while not ended:
                 reader.prepare(walker)
                 walker.start(source.buf, source._pos, *self._link_run, reader.spb_ts)
                 walking = True
@@ -304,15 +315,26 @@ class Capture:
                 source._pos = walker.pos
                 self._link_run = walker.link_run
                 reader.spb_ts = walker.spb_ts
-                record = reader.next_record()
-                if record is None:
-                    break
-                yield from self._decoded((record,))
+                # A capture of shapes the walker lacks (Geneve, GRE...) would pay a start and a
+                # stop per frame: while it takes nothing, Python takes more records in a row.
+                idle = 0 if walker.taken else idle + 1
+                count = min(1 << max(idle - 1, 0), _MAX_HANDED_OVER)
+                yield from self._decoded(self._python_records(count, ended))
         finally:
             if walking:  # abandoned in the middle of the walk
                 self._link_run = walker.link_run
             self._count_link_run()
         self._finish()
+
+    def _python_records(self, n: int, ended: list[bool]) -> Iterator[_Record]:
+        """Up to n records read by the Python reader; ``ended`` gets True when the file
+        ends (or turns out damaged) first."""
+        for _ in range(n):
+            record = self._reader.next_record()
+            if record is None:
+                ended.append(True)
+                return
+            yield record
 
     def _decoded(self, records: Iterable[_Record]) -> Iterator[Packet]:
         """Count, decode and deduplicate each record's frame (all of them on the pure path)."""
