@@ -17,6 +17,14 @@ the fragment buffer; it does not grow with the capture's length. The common
 shapes (Ethernet/IPv4/TCP, bare or in VXLAN) take ``fast_ethernet``, one struct
 call per frame; everything else, and anything odd about those, ``decode``.
 
+When ``_fastwire`` (C, built by setup.py) is there and ``ALB_PCAP_PURE`` is not
+set, its Walker does that loop for the frames it fully understands, straight from
+the chunk, and stops before any other record (cut by the chunk, damaged, a pcapng
+block that is not a packet, a frame that logs an anomaly or needs a layer it
+lacks): ``_compiled_packets`` reads and decodes that one here, as the pure path
+does, and starts the walker again after it. Same Packets, counts and anomalies
+either way (tests/test_fastwire.py holds them to it).
+
 Decoding peels layers until it reaches TCP:
 
 - link: Ethernet (any number of 802.1Q/802.1ad tags, 802.3 + SNAP, MPLS label
@@ -76,10 +84,17 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Literal
 
 from ..model import AnomalyLog, CaptureError, CaptureStats, Packet
+
+try:  # the per-packet loop in C (setup.py builds it); ALB_PCAP_PURE=1 keeps to Python
+    from . import _fastwire
+except ImportError:  # not built (no compiler at install time): Python does the same work
+    _fastwire = None
+if os.environ.get("ALB_PCAP_PURE"):
+    _fastwire = None
 
 DEDUP_WINDOW_NS = 2_000_000
 FRAGMENT_TIMEOUT_NS = 30_000_000_000  # Linux ipfrag_time
@@ -97,6 +112,7 @@ MIN_SANE_TS_NS = 0
 MAX_SANE_TS_NS = 253_402_300_800 * 1_000_000_000 - 1
 BACKWARDS_NOTED_NS = 1_000_000_000  # a frame this much older than the one before it is noted
 _DEDUP_MAX_KEYS = 1 << 16
+_MAX_HANDED_OVER = 64  # records in a row read by Python when the C walker takes none
 _MAX_TUNNEL_LABELS = 1024  # distinct "vxlan vni=N" labels before they share one
 
 # Skip reasons (stats.skipped keys).
@@ -252,6 +268,7 @@ class Capture:
         self._streams = streams
         self._anomalies = anomalies
         self._decoder = _Decoder(self.stats, anomalies, dedup_window_ns)
+        self._link_run = (-1, 0)  # link type of the frames last read, and how many not yet counted
         if isinstance(reader, _PcapngReader):  # a pcap record's u32 seconds are always in range
             reader.on_time_out_of_range = self._time_out_of_range
 
@@ -262,6 +279,65 @@ class Capture:
         Every count is live, except ``stats.link_types``: it catches up when the
         link type changes and when the iteration ends (or is abandoned).
         """
+        if _fastwire is None:
+            return self._python_packets()
+        return self._compiled_packets()
+
+    def _python_packets(self) -> Iterator[Packet]:
+        try:
+            yield from self._decoded(self._reader.records())
+        finally:
+            self._count_link_run()
+        self._finish()
+
+    def _compiled_packets(self) -> Iterator[Packet]:
+        """The C walker takes every frame it fully understands, straight from the reader's
+        buffer; it stops before anything else (a record cut by the buffer's end, a pcapng
+        block that is not a packet, damage, a frame that logs an anomaly or needs a layer
+        it lacks), and that one record is read and decoded here, as ``_python_packets``
+        does. Both sides keep the same counts, in ``stats`` and the decoder."""
+        walker = _fastwire.Walker(
+            Packet, self._decoder, self.stats, self.stats.skipped, self.stats.tunnels,
+            self._decoder._vxlan_labels, (NOT_IP, ARP, UDP, ICMP, OTHER_IP_PROTO), _DEDUP_MAX_KEYS,
+        )  # fmt: skip
+        reader = self._reader
+        source = reader._source
+        walking = False
+        ended: list[bool] = []  # set by _python_records at the end of the file (or damage)
+        idle = 0  # walks in a row that took no frame
+        try:
+            while not ended:
+                reader.prepare(walker)
+                walker.start(source.buf, source._pos, *self._link_run, reader.spb_ts)
+                walking = True
+                yield from walker
+                walking = False
+                source._pos = walker.pos
+                self._link_run = walker.link_run
+                reader.spb_ts = walker.spb_ts
+                # A capture of shapes the walker lacks (Geneve, GRE...) would pay a start and a
+                # stop per frame: while it takes nothing, Python takes more records in a row.
+                idle = 0 if walker.taken else idle + 1
+                count = min(1 << max(idle - 1, 0), _MAX_HANDED_OVER)
+                yield from self._decoded(self._python_records(count, ended))
+        finally:
+            if walking:  # abandoned in the middle of the walk
+                self._link_run = walker.link_run
+            self._count_link_run()
+        self._finish()
+
+    def _python_records(self, n: int, ended: list[bool]) -> Iterator[_Record]:
+        """Up to n records read by the Python reader; ``ended`` gets True when the file
+        ends (or turns out damaged) first."""
+        for _ in range(n):
+            record = self._reader.next_record()
+            if record is None:
+                ended.append(True)
+                return
+            yield record
+
+    def _decoded(self, records: Iterable[_Record]) -> Iterator[Packet]:
+        """Count, decode and deduplicate each record's frame (all of them on the pure path)."""
         # The stage's hot loop: locals only, and nothing per frame that can wait.
         stats = self.stats
         skipped = stats.skipped
@@ -269,10 +345,10 @@ class Capture:
         decode = self._decoder.decode
         add_anomaly = self._anomalies.add
         frame = stats.frames
-        linktype_seen, run = -1, 0  # frames of linktype_seen not yet in stats.link_types
+        linktype_seen, run = self._link_run  # frames of linktype_seen not yet in stats.link_types
         last_ts = stats.last_ts_ns
         try:
-            for ts_ns, linktype, buf, start, end in self._reader.records():
+            for ts_ns, linktype, buf, start, end in records:
                 frame += 1
                 stats.frames = frame
                 if last_ts is None:
@@ -309,8 +385,7 @@ class Capture:
                     stats.truncated += 1
                 yield packet
         finally:
-            self._count_link_type(linktype_seen, run)
-        self._finish()
+            self._link_run = (linktype_seen, run)
 
     def frames(self) -> Iterator[tuple[int, int, int, bytes]]:
         """Every frame undecoded, numbered as ``packets()`` numbers them: (frame, ts_ns, linktype, bytes).
@@ -329,6 +404,10 @@ class Capture:
         """A pcapng packet time no calendar shows (called before its frame is counted)."""
         self._anomalies.add("time_out_of_range", self.stats.frames + 1, ts_ns,
                             detail=f"{ts_ns // 1_000_000_000} s since the epoch")
+
+    def _count_link_run(self) -> None:
+        self._count_link_type(*self._link_run)
+        self._link_run = (-1, 0)
 
     def _count_link_type(self, linktype: int, frames: int) -> None:
         if frames:
@@ -577,9 +656,11 @@ class _PcapReader:
     def __init__(self, stream: io.BufferedIOBase, byte_order: str, nanos: bool, linktype: int) -> None:
         self._source = _ByteSource(stream)
         self._record = struct.Struct(byte_order + "IIII").unpack_from
+        self._big_endian = byte_order == ">"
         self._frac_ns = 1 if nanos else 1000
         self.linktype = linktype
         self.damage: _Damaged | None = None
+        self.spb_ts = 0  # (pcapng's; unused here)
 
     @classmethod
     def open(cls, stream: io.BufferedIOBase, magic: bytes, name: str) -> _PcapReader:
@@ -628,6 +709,42 @@ class _PcapReader:
         except _Damaged as damage:
             self.damage = damage
 
+    # The compiled walk reads from _ByteSource.buf at _ByteSource._pos, and hands the
+    # records it does not take back here, one at a time.
+
+    def prepare(self, walker: _fastwire.Walker) -> None:
+        walker.set_pcap(self._big_endian, self._frac_ns, self.linktype)
+
+    def next_record(self) -> _Record | None:
+        """The record at the source's position, read as ``records()`` reads it; None at the end."""
+        source = self._source
+        buf, pos = source.buf, source._pos
+        try:
+            if len(buf) - pos < 16:
+                buf, pos = source.refill(pos, 16), 0
+                if len(buf) < 16:
+                    if buf:
+                        raise _Damaged(
+                            "truncated_capture_file", f"file ends {len(buf)} bytes into a record header"
+                        )
+                    return None
+            sec, frac, caplen, _wirelen = self._record(buf, pos)
+            if caplen > MAX_RECORD_LEN:
+                raise _Damaged("corrupt_capture_file", f"record claims {caplen} bytes (max {MAX_RECORD_LEN})")
+            start = pos + 16
+            pos = start + caplen
+            if pos > len(buf):
+                buf, start, pos = source.refill(start, caplen), 0, caplen
+                if pos > len(buf):
+                    raise _Damaged(
+                        "truncated_capture_file", f"file ends {len(buf)} bytes into a {caplen}-byte record"
+                    )
+        except _Damaged as damage:
+            self.damage = damage
+            return None
+        source._pos = pos
+        return sec * 1_000_000_000 + frac * self._frac_ns, self.linktype, buf, start, pos
+
 
 # --- pcapng -----------------------------------------------------------------
 
@@ -669,6 +786,7 @@ class _Section:
     """Byte order and interfaces of one pcapng section."""
 
     def __init__(self, byte_order: str) -> None:
+        self.big_endian = byte_order == ">"
         self.u32 = struct.Struct(byte_order + "I").unpack_from
         self.u16 = struct.Struct(byte_order + "H").unpack_from
         self.i64 = struct.Struct(byte_order + "q").unpack_from
@@ -708,6 +826,7 @@ class _PcapngReader:
         self._last_ts_ns = 0
         self.damage: _Damaged | None = None
         self.on_time_out_of_range: Callable[[int], None] | None = None
+        self._walker_knows: tuple[object, ...] = ()  # (walker, section, interfaces) last told
 
     @classmethod
     def open(cls, stream: io.BufferedIOBase, name: str) -> _PcapngReader:
@@ -735,6 +854,41 @@ class _PcapngReader:
                     yield record
         except _Damaged as damage:
             self.damage = damage
+
+    # The compiled walk reads from _ByteSource.buf at _ByteSource._pos, and hands the
+    # blocks it does not take back here, one packet record at a time.
+
+    @property
+    def spb_ts(self) -> int:
+        """The time a Simple Packet Block gets: the packet block's before it."""
+        return self._last_ts_ns
+
+    @spb_ts.setter
+    def spb_ts(self, ts_ns: int) -> None:
+        self._last_ts_ns = ts_ns
+
+    def prepare(self, walker: _fastwire.Walker) -> None:
+        """Tell the walker this section's interfaces, when they changed (an IDB or SHB read here)."""
+        section = self._section
+        knows = (walker, section, len(section.interfaces))
+        if self._walker_knows != knows:
+            interfaces = [(i.linktype, i.snaplen, i.mul, i.div, i.offset_ns) for i in section.interfaces]
+            walker.set_pcapng(section.big_endian, interfaces)
+            self._walker_knows = knows
+
+    def next_record(self) -> _Record | None:
+        """The next packet record, blocks read as ``records()`` reads them; None at the end."""
+        try:
+            while True:
+                block = self._next_block()
+                if block is None:
+                    return None
+                record = self._packet_record(*block)
+                if record is not None:
+                    return record
+        except _Damaged as damage:
+            self.damage = damage
+            return None
 
     def _next_block(self) -> tuple[int, bytes, int, int] | None:
         """(type, buffer, body offset, body size) of the next block; None at the end of file."""
