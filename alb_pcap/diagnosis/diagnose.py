@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, replace
 
 from ..model import ORIG, RESP, Connection, Exchange
-from .connect import AddressCounts, ConnectFailures, attempt_outcome
+from .connect import AddressCounts, ConnectFailures, FloodCounts, attempt_outcome
 from .correlate import Correlation, Correlator, Counts, Cut, Transaction
 from .detect import (
     CONNECT_KINDS,
@@ -65,6 +65,8 @@ class DiagnosisResult:
     the first ``MAX_IDLE_CLOSES``: what the HTML report plots against the timers."""
     idle_closes_total: int = 0
     """All quiet closes, including those beyond ``MAX_IDLE_CLOSES``."""
+    syn_floods: tuple[FloodCounts, ...] = ()
+    """Hosts that got a SYN flood or a port scan: the counts behind each ``syn_flood`` finding."""
 
     def connection(self, flow: str | None) -> Connection | None:
         return next((c for c in self.connections if c.flow == flow), None)
@@ -239,6 +241,7 @@ class Diagnosis:
             verdict=verdict(timers, self._kinds, correlation, self.roles, findings), counts=correlation.counts,
             connections=tuple(self._conns), connect_failures=connect.addresses,
             idle_closes=tuple(self._idle_closes), idle_closes_total=self._idle_closes_total,
+            syn_floods=connect.floods,
         )
 
     # -- connections ---------------------------------------------------------------
@@ -391,7 +394,8 @@ def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, ro
             lines += [f"{name}: {line}" for line in _kind_lines(mine, timers)]
     else:
         lines += _kind_lines(kinds, timers)
-    failures = ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + CONNECT_KINDS
+    failures = ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + tuple(
+        k for k in CONNECT_KINDS if k != "syn_flood")
     if not any(kinds[k] for k in failures):
         c = correlation.counts
         lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
@@ -449,6 +453,8 @@ _KIND_LINES = {
     "target_connect_refused": "{n} connection attempt{s} to targets {were} refused (RST to the SYN): 502",
     "target_connect_timeout": "{n} connection attempt{s} to targets went unanswered: 504",
     "client_connect_timeout": "{n} proxy address{es} left clients' SYNs unanswered while others answered",
+    "syn_flood": "{n} host{s} got a SYN flood or a port scan (unanswered SYNs from many sources or to many "
+                 "ports; counted, not reported one by one)",
 }
 
 

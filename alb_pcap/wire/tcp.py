@@ -62,6 +62,8 @@ HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of 
 HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
+HALF_OPEN_NS = 130_000_000_000  # an attempt with no handshake this long quiet is over (Linux retries SYNs 127 s)
+MAX_HALF_OPEN = 10_000  # attempts with no handshake tracked at most; beyond, the oldest is over
 
 # Zeek endpoint states (TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -127,7 +129,7 @@ class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
         "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
-        "held", "held_dir", "held_until", "hold_expired",
+        "held", "held_dir", "held_until", "hold_expired", "attempt",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -151,6 +153,7 @@ class _Conn:
         self.held_dir = ORIG  # the direction they were sent in
         self.held_until = 0  # capture time at which they stop waiting
         self.hold_expired = 0  # holds whose bytes never came
+        self.attempt = False  # opened by a SYN, no handshake, no data, not closed yet (TcpTracker._attempts)
 
     @property
     def flow(self) -> str:
@@ -222,7 +225,9 @@ class TcpTracker:
         self._next_sweep = 0
         self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
         self._releasing = False
+        self._attempts: dict[int, _Conn] = {}  # id -> connection attempt (see _Conn.attempt), oldest first
         self.connections_seen = 0
+        self.attempts_expired = 0  # attempts summarised early: quiet HALF_OPEN_NS, or beyond MAX_HALF_OPEN
 
     @property
     def open_connections(self) -> int:
@@ -245,6 +250,8 @@ class TcpTracker:
         if ts > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
             conn.last_ns = ts  # must not make a duration negative
         self._segment(conn, direction, pkt)
+        if conn.attempt:
+            self._attempt_moved(conn)
         if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
             # both FINs acknowledged: nothing more is due, so release it now rather than after
             # LINGER_NS (at thousands of connections a second that window is most of the memory)
@@ -278,7 +285,40 @@ class TcpTracker:
         self._by_tuple[fwd] = (conn, ORIG)
         self._by_tuple[rev] = (conn, RESP)
         self.listener.on_open(conn.id, conn.flow, pkt.ts_ns)
+        if pkt.flags & TH_SYN and not pkt.flags & (TH_FIN | TH_RST) and not pkt.payload and not pkt.missing:
+            conn.attempt = True
+            self._attempts[conn.id] = conn
+            if len(self._attempts) > MAX_HALF_OPEN:  # a SYN flood or a scan: the oldest attempt is over
+                self._expire_attempt(next(iter(self._attempts.values())))
         return conn, RESP if conn.flipped else ORIG
+
+    # -- connection attempts: bounded however many SYNs come --------------------------------------
+
+    def _attempt_moved(self, conn: _Conn) -> None:
+        """Still a mere attempt after this segment? Else it leaves the attempts (handshake, data, close)."""
+        o, r = conn.half
+        if (conn.closed_at is None and o.max_off == 0 and r.max_off == 0 and o.state != ESTABLISHED
+                and r.state != ESTABLISHED and not o.buffer and not r.buffer):
+            del self._attempts[conn.id]  # to the end: the attempts stay in the order of their last segment
+            self._attempts[conn.id] = conn
+            return
+        conn.attempt = False
+        self._attempts.pop(conn.id, None)
+
+    def _expire_attempt(self, conn: _Conn) -> None:
+        """Summarise an attempt now, as the capture's end would: a later segment of it opens a new one."""
+        conn.attempt = False
+        self._attempts.pop(conn.id, None)
+        self.attempts_expired += 1
+        self._finalize(conn, "eof", conn.last_ns, 0)
+
+    def _expire_attempts(self, now_ns: int) -> None:
+        attempts = self._attempts  # in the order of their last segment
+        while attempts:
+            conn = next(iter(attempts.values()))
+            if now_ns - conn.last_ns < HALF_OPEN_NS:
+                return
+            self._expire_attempt(conn)
 
     @staticmethod
     def _guess_flipped(pkt: Packet) -> bool:
@@ -645,6 +685,8 @@ class TcpTracker:
 
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
+        if self._attempts:
+            self._expire_attempts(now_ns)
         if self._holding:
             for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
                 self._release(conn, expired=True)
@@ -673,6 +715,9 @@ class TcpTracker:
         # Mark it closed before ending its streams: ending a stream can drain a buffered FIN
         # (_maybe_end), which would otherwise put the connection back in the linger set for
         # the sweep to finalize a second time. The linger entry goes after the streams end.
+        if conn.attempt:
+            conn.attempt = False
+            self._attempts.pop(conn.id, None)
         if conn.held is not None:  # before anything ends: held segments still belong to the streams
             self._release(conn, expired=False)
         if conn.closed_at is None:
