@@ -43,10 +43,12 @@ CASES = {
 
 def run(path: Path, detail: str, root: Path) -> tuple[float, int, dict, int]:
     out = path.with_suffix(".json")
-    cmd = [sys.executable, "-m", "alb_pcap.cli", "analyze", str(path), "--json", str(out), "--json-detail", detail]
+    cmd = [sys.executable, "-m", "alb_pcap.cli", "analyze", str(path.resolve()), "--json", str(out.resolve()),
+           "--json-detail", detail]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # from root: ``-m`` puts the working directory first on the path
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     err = proc.stderr.read().decode(errors="replace").strip()

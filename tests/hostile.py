@@ -106,11 +106,14 @@ def pipelined(n: int, *, gap_ns: int = 10_000) -> Iterator[Frame]:
     yield _seg(ts + 2 * MS, CLIENT, 40000, PROXY, PORT, TH_ACK, (seq + 1) % (1 << 32), s + 2)
 
 
-def sequence_hole(jump: int, *, before: int = 3, after: int = 3) -> Iterator[Frame]:
-    """``before`` request/response pairs, a client sequence jump of ``jump`` bytes, ``after`` more pairs.
+def sequence_hole(jump: int, *, before: int = 3, after: int = 3, answered: bool = True) -> Iterator[Frame]:
+    """``before`` request/response pairs, a client sequence hole of ``jump`` bytes, ``after`` more pairs.
 
-    The jump is bytes the capture missed: the server's next ACK covers them. Requests are
-    GET /before/i and GET /after/i, answered 200 with a 2-byte body, 10 ms apart.
+    The hole is bytes the capture missed: ``answered`` (a mirror losing segments), they were one
+    request (a POST of ``jump`` bytes, head and body lost) whose response, 201 with body "lost",
+    was captured; not ``answered``, the client's sequence numbers merely jump (no response for
+    them). Either way the server's ACKs cover the hole. Requests are GET /before/i and GET
+    /after/i, answered 200 with body "ok", 10 ms apart.
     """
     ts = T0_NS
     mod = 1 << 32
@@ -120,16 +123,21 @@ def sequence_hole(jump: int, *, before: int = 3, after: int = 3) -> Iterator[Fra
     yield _seg(ts + 2 * MS, CLIENT, 40000, PROXY, PORT, TH_ACK, c + 1, s + 1)
     cseq, sseq = c + 1, s + 1
     ts += 10 * MS
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     for phase, count in (("before", before), ("after", after)):
         if phase == "after":
             cseq = (cseq + jump) % mod
+            if answered:
+                lost = b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nlost"
+                yield _seg(ts, PROXY, PORT, CLIENT, 40000, TH_ACK | TH_PUSH, sseq, cseq, lost)
+                sseq = (sseq + len(lost)) % mod
+                ts += 10 * MS
         for i in range(count):
             req = f"GET /{phase}/{i} HTTP/1.1\r\nHost: example\r\n\r\n".encode()
-            resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             yield _seg(ts, CLIENT, 40000, PROXY, PORT, TH_ACK | TH_PUSH, cseq, sseq, req)
             cseq = (cseq + len(req)) % mod
-            yield _seg(ts + MS, PROXY, PORT, CLIENT, 40000, TH_ACK | TH_PUSH, sseq, cseq, resp)
-            sseq = (sseq + len(resp)) % mod
+            yield _seg(ts + MS, PROXY, PORT, CLIENT, 40000, TH_ACK | TH_PUSH, sseq, cseq, ok)
+            sseq = (sseq + len(ok)) % mod
             yield _seg(ts + 2 * MS, CLIENT, 40000, PROXY, PORT, TH_ACK, cseq, sseq)
             ts += 10 * MS
     yield _seg(ts, CLIENT, 40000, PROXY, PORT, TH_FIN | TH_ACK, cseq, sseq)

@@ -148,7 +148,8 @@ def result_dict(r: DiagnosisResult) -> dict:
         "syn_floods": [flood_counts_dict(f) for f in r.syn_floods],
         "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),
                                "healthy_not_kept": c.healthy_dropped, "unpaired_client": c.unpaired_front,
-                               "unpaired_target": c.unpaired_back, "retried": c.retried},
+                               "unpaired_target": c.unpaired_back, "retried": c.retried,
+                               "unanswered_not_kept": c.unanswered_not_kept},
     }
 
 

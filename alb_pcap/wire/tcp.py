@@ -404,9 +404,16 @@ class TcpTracker:
                 held.append(pkt)  # the rest of the direction queues behind, in order
                 return True
         flags = pkt.flags
-        if (flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST))
-                or peer.ended or acked > HOLD_MAX_AHEAD or conn.hold_expired >= HOLD_GIVE_UP):
+        if flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST)) or peer.ended:
             return False  # a pure ACK waits for nothing; the existing hole logic covers it
+        if acked > HOLD_MAX_AHEAD:
+            # too far ahead to be a reordering: the acknowledged bytes are lost (a sequence hole).
+            # They become a gap now, before this segment, so what follows the hole keeps its order
+            # (a response must not reach the HTTP stage before the gap that holds its request)
+            self._skip_acknowledged(conn, 1 - direction, peer, pkt)
+            return False
+        if conn.hold_expired >= HOLD_GIVE_UP:
+            return False
         self._set_held(conn, direction, [pkt])
         return True
 
