@@ -30,6 +30,13 @@ follow it. Nothing is held when the other direction has never been seen (one-sid
 captures), nor when its ACK is implausibly far ahead, nor on a connection whose
 holds keep expiring.
 
+A connection *attempt* (opened by a SYN; no handshake, no data, not closed) is
+summarised as the capture's end would summarise it once it has been quiet
+``HALF_OPEN_NS`` (longer than Linux's SYN retries), or when more than
+``MAX_HALF_OPEN`` attempts are tracked (the least recently active first): a SYN
+flood or a scan costs bounded memory. A later segment of an expired attempt starts
+a new connection.
+
 The summary uses Zeek's vocabulary (``history`` letters and ``conn_state``,
 derived from the two endpoint states the way ``conn/main.zeek`` does) so users
 can compare with Zeek's conn.log.
