@@ -413,7 +413,7 @@ class TcpTracker:
         flags = pkt.flags
         if flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST)) or peer.ended:
             return False  # a pure ACK waits for nothing; the existing hole logic covers it
-        if acked > HOLD_MAX_AHEAD:
+        if acked > HOLD_MAX_AHEAD and not flags & TH_RST:  # an RST's ACK is no evidence (RFC 5961)
             # too far ahead to be a reordering: the acknowledged bytes are lost (a sequence hole).
             # They become a gap now, before this segment, so what follows the hole keeps its order
             # (a response must not reach the HTTP stage before the gap that holds its request)
