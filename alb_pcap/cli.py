@@ -121,6 +121,9 @@ def cli() -> None:
               help="Exit with status 3 when a finding of this severity (or worse) is reported.")
 @click.option("-v", "--verbose", is_flag=True, help="Also the statistics: captures, connections, exchanges, "
               "proxies, timers.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores",
+              help="Processes reading the captures, split by connection; the diagnosis stays in one. Captures "
+              "under 8 MB in all, and stdin, are read in one process. The output is the same for any N.")
 @click.option("--log", "logs", multiple=True, metavar="FILE",
               help="The proxy's log (repeatable; plain or gzip, a directory or a glob): ALB access or connection "
               "log, nginx access or error log, HAProxy httplog. Each error line is joined with the wire.")
@@ -132,7 +135,7 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
             csv_out: str | None, pcap_out: str | None, html_out: str | None, proxies: tuple[str, ...],
             listeners: tuple[int, ...], kinds: tuple[str, ...], statuses: tuple[int, ...], errors_only: bool,
             flow: str | None, around: str | None, window: float, max_timelines: int, everything: bool,
-            fail_on: str, verbose: bool, logs: tuple[str, ...] = (), log_format: str | None = None,
+            fail_on: str, verbose: bool, jobs: int = 1, logs: tuple[str, ...] = (), log_format: str | None = None,
             log_detail: str = "errors") -> None:
     """Explain 502/504/460 responses in CAPTURE(s): pcap, pcapng, gzip'ed or not; '-' reads stdin.
 
@@ -152,15 +155,16 @@ def analyze(captures: tuple[str, ...], json_out: str | None, json_detail: str, n
     json_sink = export.JsonExport(json_detail) if json_out else None
     sinks = [diagnosis] + ([json_sink] if json_sink and json_detail == "all" else [])
     coverage = _log_coverage(log_format) if logs else None
-    summary, result = _run(captures, sinks + ([coverage] if coverage else []), diagnosis)
+    summary, result = _run(captures, sinks + ([coverage] if coverage else []), diagnosis, jobs)
     log_report = _read_logs(logs, result, coverage, log_format, log_detail) if logs else None
     if json_sink:
         _write_json(json_sink, summary, result, json_out, log_report)
+    logs_of = _finding_logs(log_report, result)
     for target, write in ((ndjson_out, records.write_ndjson), (csv_out, records.write_csv)):
         if target:
-            _write(target, lambda out: write(result, out))
+            _write(target, lambda out: write(result, out, logs_of))
     if html_out:
-        _write_html(summary, result, html_out)
+        _write_html(summary, result, html_out, logs_of)
     if pcap_out:
         _write_pcap(captures, result, pcap_out)
     if "-" not in (json_out, ndjson_out, csv_out):
@@ -218,10 +222,10 @@ def score_command(captures: tuple[str, ...], expected_path: str) -> None:
         sys.exit(1)
 
 
-def _run(captures, sinks, diagnosis: Diagnosis) -> tuple[pipeline.Summary, DiagnosisResult]:
+def _run(captures, sinks, diagnosis: Diagnosis, jobs: int = 1) -> tuple[pipeline.Summary, DiagnosisResult]:
     try:
         with _progress(captures) as tick:
-            summary = pipeline.analyze(list(captures), sinks, progress=tick)
+            summary = pipeline.analyze(list(captures), sinks, progress=tick, jobs=jobs)
     except CaptureError as e:
         raise click.ClickException(str(e)) from e
     return summary, diagnosis.finish()
@@ -317,6 +321,15 @@ def _read_logs(paths, result: DiagnosisResult, coverage, log_format: str | None,
         raise click.ClickException(str(e)) from e
 
 
+def _finding_logs(log_report, result: DiagnosisResult) -> list[dict | None] | None:
+    """Per finding, its log line (None: not logged); None when no log was given."""
+    if log_report is None:
+        return None
+    from .logs.join import finding_logs
+
+    return finding_logs(log_report, result)
+
+
 def _document(result: DiagnosisResult, log_report) -> dict:
     """result_dict, with log_lines[], log_summary and findings[].log when logs were given."""
     doc = result_dict(result)
@@ -341,12 +354,13 @@ def _write_json(sink: export.JsonExport, summary: pipeline.Summary, result: Diag
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 
 
-def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str) -> None:
+def _write_html(summary: pipeline.Summary, result: DiagnosisResult, target: str,
+                logs: list[dict | None] | None = None) -> None:
     from .outputs.html_report import build_html
 
     try:
         with open(target, "w", encoding="utf-8") as out:
-            out.write(build_html(result, summary))
+            out.write(build_html(result, summary, logs=logs))
     except OSError as e:
         raise click.ClickException(f"cannot write {target}: {e.strerror}") from e
 

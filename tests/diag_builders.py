@@ -27,7 +27,7 @@ def ns(t: float | None) -> int | None:
 def make_exchange(conn_id: int = 1, index: int = 1, method: str = "GET", uri: str = "/ok",
                   start: float = 0.0, duration: float = 0.01, status: int | None = 200,
                   ended: str = "complete", headers: dict | None = None,
-                  response_headers: dict | None = None, version: str = "HTTP/1.1",
+                  response_headers: dict | None = None, version: str = "1.1",
                   frame: int = 10) -> Exchange:
     """A request at ``start``; a response ``duration`` later unless ``status`` is None."""
     answered = status is not None

@@ -549,6 +549,13 @@ def test_gap_between_requests_keeps_answers_paired():
     assert anomalies == {"HTTP_content_gap": 1}
 
 
+def test_a_request_and_its_answer_both_lost_leave_no_exchange():
+    # An exchange needs a request or a response (issue 11); the next one is numbered 1.
+    exchanges, anomalies = talk(("gap", ORIG, 40), ("gap", RESP, 60), (ORIG, GET), (RESP, OK5))
+    assert summary(exchanges) == [(1, "GET", "/a", 200, 0, 5, "complete")]
+    assert anomalies == {"HTTP_content_gap": 2}
+
+
 def test_gap_in_a_chunk_size_line_resyncs():
     exchanges, anomalies = talk(
         (ORIG, GET + GET),

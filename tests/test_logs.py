@@ -244,7 +244,9 @@ def test_why_not_outside_the_capture_and_side_not_captured():
 from datetime import datetime, timezone
 
 from alb_pcap.diagnosis.refs import split_flow
+from alb_pcap.diagnosis.scoring import _matches
 from alb_pcap.lab.stdlogs import httplog_line, nginx_upstream_line, standard_access_log
+from alb_pcap.outputs.records import finding_dict
 
 
 def nginx_error_line(r: dict) -> str:
@@ -346,3 +348,54 @@ def test_the_lab_writes_standard_access_logs(proxy, fmt):
     assert len(records) == len(truth["proxy_log"]) and parser.unparsed == 0
     assert {r.format for r in records} == {fmt}
     assert [r.client for r in records if ":" in r.client] == [t["client"] for t in truth["proxy_log"]]
+
+
+def test_every_output_carries_each_findings_log_line(tmp_path):
+    """JSON, NDJSON, CSV and HTML agree on which log line each finding has (or "not logged")."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from alb_pcap.cli import cli
+
+    name = "keepalive-race-haproxy"
+    truth = json.loads((SAMPLES / f"{name}.expected.json").read_text())
+    log = tmp_path / "access.log"
+    log.write_text("".join(httplog_line(r) + "\n" for r in truth["proxy_log"]))
+    out = {ext: tmp_path / f"out.{ext}" for ext in ("json", "ndjson", "csv", "html")}
+    run = CliRunner().invoke(cli, ["analyze", str(SAMPLES / f"{name}.pcap"), "--log", str(log), "--fail-on", "never",
+                                   *(x for ext, p in out.items() for x in (f"--{ext}", str(p)))])
+    assert run.exit_code == 0, run.output
+    findings = json.loads(out["json"].read_text())["findings"]
+    logs = [f["log"] for f in findings]
+    assert None in logs and any(logs)  # HAProxy's silent closes are not logged, its 502s are
+    assert [json.loads(line)["log"] for line in out["ndjson"].read_text().splitlines()] == logs
+    cells = [row["log"] for row in csv.DictReader(out["csv"].open())]
+    assert cells == [f"{log}:{x['line']} {x['says']}" if x else "not logged" for x in logs]
+    page = out["html"].read_text()
+    assert page.count('<td class="log">') == len(logs) and "<th data-type=\"text\" title=\"click to sort\">proxy log</th>" in page
+    for x in logs:
+        if x:
+            assert x["says"].startswith("502 SH--") and f":{x['line']} 502 SH--" in page
+
+
+SHIPPED_LOGS = sorted(p.name[: -len(".access.log")] for p in SAMPLES.glob("*.access.log"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_LOGS)
+def test_shipped_access_logs_explain_and_are_explained(name):
+    """Each lab sample's access log (``<name>.access.log``: the proxy's records in its standard format, as the lab
+    writes them): every error line is explained by a finding on its connection, and each expected finding has its
+    line exactly when the proxy logged its request (a record of that client ip:port spanning the finding's time:
+    HAProxy's silent closes and idle closes are not logged, the 502s and 504s are)."""
+    truth = json.loads((SAMPLES / f"{name}.expected.json").read_text())
+    result, report = analyse([SAMPLES / f"{name}.pcap"], [SAMPLES / f"{name}.access.log"])
+    assert report.unparsed == 0 and report.parsed == len(truth["proxy_log"])
+    _explained_on_its_connection(result, report)
+    ours = [finding_dict(f) for f in result.findings]
+    for want in truth["findings"]:
+        hit = next(n for n, got in enumerate(ours) if _matches(want, got, 1.0))
+        client = (want.get("client_flow") or "").split("->")[0]
+        logged = any(r["client"] == client and r["request_ts"] - 0.1 <= want["ts"] <= r["end_ts"] + 0.1
+                     for r in truth["proxy_log"])
+        assert (hit in report.finding_lines) == logged, (want["kind"], want["ts"])

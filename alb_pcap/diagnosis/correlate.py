@@ -168,7 +168,7 @@ class Correlator:
         self.roles = roles
         self.window_ns = window_ns
         self.settle_ns = settle_ns
-        # Per pairing key, newest last. Entries are dropped lazily (see _pending): one client
+        # Per pairing key, newest last. Entries are dropped lazily (see _trim): one client
         # polling one URI puts thousands of exchanges under one key.
         self._fronts: dict[tuple, deque[_Tx]] = {}
         self._backs: dict[tuple, deque[ExchangeRef]] = {}
@@ -230,7 +230,7 @@ class Correlator:
         """Drop pairing keys whose entries are all settled (a key per client and URI adds up)."""
         for index, alive in ((self._fronts, _alive_front), (self._backs, lambda b: b.key in self._unclaimed)):
             for key in list(index):
-                _pending(index, key, alive)
+                _trim(index, key, alive)
 
     def widen(self, window_ns: int) -> None:
         """An idle timeout longer than the window was seen: wait at least that long."""
@@ -296,8 +296,18 @@ class Correlator:
 
     def _take_backs(self, key: tuple, front: ExchangeRef) -> tuple[list[ExchangeRef], bool]:
         """The back exchange(s) this front caused, and whether content alone could not tell."""
-        waiting = _pending(self._backs, key, lambda b: b.key in self._unclaimed)
-        matches = [b for b in waiting if causal(front, b, self.window_ns)]
+        unclaimed = self._unclaimed
+        waiting = _trim(self._backs, key, lambda b: b.key in unclaimed)
+        if not waiting:
+            return [], False
+        matches, looked = [], 0
+        for b in reversed(waiting):  # newest first; one loop, not a list per filter: this runs per exchange
+            if b.key in unclaimed:
+                if causal(front, b, self.window_ns):
+                    matches.append(b)
+                looked += 1
+                if looked == MAX_CANDIDATES:
+                    break
         if key[0] == "req":
             matches = [b for b in matches if same_request(front, b) and self.roles.may_pair(front, b)]
         answered = [b for b in matches if b.answered]
@@ -322,11 +332,19 @@ class Correlator:
         self._push(ref.last_ns + (self.window_ns if ref.interesting else self.settle_ns), ref.key)
 
     def _best_front(self, key: tuple, back: ExchangeRef) -> tuple[_Tx | None, bool]:
-        def free(tx: _Tx) -> bool:  # one answered back per front; failed tries may precede it
-            return not tx.done and not (back.answered and any(b.answered for b in tx.backs))
-
-        waiting = _pending(self._fronts, key, _alive_front)
-        candidates = [tx for tx in waiting if free(tx) and causal(tx.front, back, self.window_ns)]
+        waiting = _trim(self._fronts, key, _alive_front)
+        if not waiting:
+            return None, False
+        candidates, looked = [], 0
+        for tx in reversed(waiting):  # newest first
+            if tx.done:
+                continue
+            looked += 1
+            # one answered back per front; failed tries may precede it
+            if not (back.answered and any(b.answered for b in tx.backs)) and causal(tx.front, back, self.window_ns):
+                candidates.append(tx)
+            if looked == MAX_CANDIDATES:
+                break
         if key[0] != "req":  # the key says it is the same request: the nearest in time
             return min(candidates, key=lambda tx: back.start_ns - tx.front.start_ns, default=None), False
         candidates = [tx for tx in candidates if same_request(tx.front, back) and self.roles.may_pair(tx.front, back)]
@@ -403,23 +421,21 @@ def _distance(front: ExchangeRef, back: ExchangeRef) -> tuple[float, int]:
     return (-similarity(front.fingerprint, back.fingerprint), back.start_ns - front.start_ns)
 
 
-def _pending(index: dict[tuple, deque], key: tuple, alive: Callable[[object], bool]) -> list:
-    """The live entries under ``key``, newest first; dead ones are trimmed from the old end."""
+def _trim(index: dict[tuple, deque], key: tuple, alive: Callable[[object], bool]) -> deque | None:
+    """The entries under ``key``, dead ones trimmed from the old end (the key goes when none is left).
+
+    Entries die in roughly arrival order, so trimming the old end keeps each deque short; callers
+    look at the newest ``MAX_CANDIDATES`` live ones.
+    """
     waiting = index.get(key)
     if not waiting:
-        return []
+        return None
     while waiting and not alive(waiting[0]):
         waiting.popleft()
     if not waiting:
         del index[key]
-        return []
-    out = []
-    for item in reversed(waiting):
-        if alive(item):
-            out.append(item)
-            if len(out) == MAX_CANDIDATES:
-                break
-    return out
+        return None
+    return waiting
 
 
 def _tx_start(tx: _Tx) -> int:

@@ -94,10 +94,8 @@ class ExchangeRef(NamedTuple):
     """Not answered, or answered by a status proxies make up themselves: worth keeping."""
     last_ns: int
     start_ns: int
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.conn_id, self.index
+    key: tuple[int, int]
+    """(conn_id, index): a field, not a property: pairing asks for it a dozen times per exchange."""
 
 
 def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
@@ -107,8 +105,12 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
     response = {name.lower(): value for name, value in ex.response_headers}
     opener, _, acceptor = flow.partition("->")
     answered = ex.status is not None and ex.response_end_ns is not None and ex.ended not in ("rst", "gap")
-    times = (ex.response_end_ns, ex.response_start_ns, ex.request_end_ns, ex.request_start_ns)
-    last_ns = max((t for t in times if t is not None), default=0)
+    last_ns = None
+    for t in (ex.response_end_ns, ex.response_start_ns, ex.request_end_ns, ex.request_start_ns):
+        if t is not None and (last_ns is None or t > last_ns):
+            last_ns = t
+    if last_ns is None:
+        last_ns = 0
     return ExchangeRef(
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
@@ -121,7 +123,7 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
         _asks_close(request.get("connection"), ex.version),
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
-        ex.request_start_ns if ex.request_start_ns is not None else last_ns,
+        ex.request_start_ns if ex.request_start_ns is not None else last_ns, (ex.conn_id, ex.index),
     )
 
 
@@ -193,6 +195,7 @@ def similarity(front: int, back: int) -> float:
     return 1.0 if not have else (front & back).bit_count() / have
 
 
+@lru_cache(maxsize=1 << 13)  # a service's URIs repeat: worked out once each
 def _uri_tail(uri: str | None) -> str | None:
     """``/api/v1/users?id=3`` -> ``users?id=3``: a proxy strips or adds a prefix, not the tail."""
     if uri is None:
@@ -223,13 +226,14 @@ def _int(text: str | None) -> int | None:
 
 
 def _asks_close(connection: str | None, version: str | None) -> bool:
-    if connection is None and version != "HTTP/1.0":
+    # ``version`` as the parser gives it: "1.1", "1.0" (never "HTTP/1.0").
+    if connection is None and version != "1.0":
         return False
     tokens = {t.strip().lower() for t in (connection or "").split(",")}
     if "close" in tokens:
         return True
     # RFC 9112 §9.3: HTTP/1.0 persists only with an explicit keep-alive.
-    return version == "HTTP/1.0" and "keep-alive" not in tokens
+    return version == "1.0" and "keep-alive" not in tokens
 
 
 MIN_SIMILARITY = 0.5

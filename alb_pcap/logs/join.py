@@ -364,6 +364,11 @@ def logs_dict(report: LogReport, result: DiagnosisResult) -> dict:
 
 
 def finding_log(report: LogReport, n: int) -> dict | None:
-    """``findings[].log``: the file and line of finding ``n``'s log line, or None (not logged)."""
+    """``findings[].log``: the file and line of finding ``n``'s log line and what it says, or None (not logged)."""
     j = report.finding_lines.get(n)
-    return None if j is None else {"file": j.record.file, "line": j.record.line}
+    return None if j is None else {"file": j.record.file, "line": j.record.line, "says": j.record.describe()}
+
+
+def finding_logs(report: LogReport, result: DiagnosisResult) -> list[dict | None]:
+    """``finding_log`` of every finding, in ``result.findings`` order: what the other outputs show."""
+    return [finding_log(report, n) for n in range(len(result.findings))]

@@ -31,6 +31,7 @@ from ..diagnosis.correlate import Leg, Transaction
 from ..diagnosis.detect import Finding, Timer
 from ..diagnosis.diagnose import DiagnosisResult
 from ..model import ORIG, Connection
+from .records import log_text
 
 SEC = 1_000_000_000
 GAP_NS = SEC // 2
@@ -90,14 +91,15 @@ def _fmt_s(seconds: float) -> str:
 
 
 def build_html(result: DiagnosisResult, summary=None, *, title: str = "alb-pcap report",
-               max_ladders: int = MAX_LADDERS) -> str:
-    """The whole report as one HTML document. ``summary`` is the pipeline's ``Summary`` (optional)."""
+               max_ladders: int = MAX_LADDERS, logs: list[dict | None] | None = None) -> str:
+    """The whole report as one HTML document. ``summary`` is the pipeline's ``Summary`` (optional);
+    ``logs``: per finding, its proxy log line (``--log``; ``records.finding_logs``), a column of its own."""
     ladders, ladder_of, more = _ladders(result, max_ladders)
     body = [
         _header(result, summary, title),
         _answer(result),
         _timers_section(result),
-        _findings_section(result, ladder_of),
+        _findings_section(result, ladder_of, logs),
         _ladders_section(ladders, more, result),
         f'<footer>Written by alb-pcap {esc(__version__)}. This page loads nothing from the network.</footer>',
     ]
@@ -311,7 +313,7 @@ def timers_svg(dots: list[_Dot], timers: tuple[Timer, ...]) -> str:
 # -- the findings table ----------------------------------------------------------------------------
 
 
-def _findings_section(result: DiagnosisResult, ladder_of: dict[int, str]) -> str:
+def _findings_section(result: DiagnosisResult, ladder_of: dict[int, str], logs: list[dict | None] | None) -> str:
     findings = result.findings
     kinds = sorted({f.kind for f in findings})
     options = "".join(f'<option value="{esc(k)}">{esc(k)}</option>' for k in kinds)
@@ -329,7 +331,8 @@ def _findings_section(result: DiagnosisResult, ladder_of: dict[int, str]) -> str
             f'<td class="num" data-v="{f.status if f.status is not None else -1}">{esc(status)}</td>'
             f'<td>{esc(f.side)}</td><td>{_flow(f.client_flow)}</td>'
             f'<td>{_flow(f.target_flow)}</td><td class="what">{esc(f.summary)}</td>'
-            f'<td>{link}</td></tr>')
+            + ("" if logs is None else f'<td class="log">{esc(log_text(logs[i - 1]))}</td>')
+            + f'<td>{link}</td></tr>')
     counted = sum(n for _, n in result.finding_counts)
     note = ""
     if counted > len(findings):
@@ -337,7 +340,7 @@ def _findings_section(result: DiagnosisResult, ladder_of: dict[int, str]) -> str
                 "above: beyond 200 of a kind, or left out by --kind/--flow/--around).</p>")
     heads = [("#", "num"), ("time (UTC)", "num"), ("kind", "text"), ("severity", "num"), ("status", "num"),
              ("side", "text"), ("client ⇄ proxy", "text"), ("proxy ⇄ target", "text"), ("what happened", "text"),
-             ("", "text")]
+             *([] if logs is None else [("proxy log", "text")]), ("", "text")]
     thead = "".join(f'<th data-type="{t}" title="click to sort">{esc(h)}</th>' for h, t in heads)
     return (
         '<section id="findings-section"><h2>Findings</h2>'

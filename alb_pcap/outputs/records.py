@@ -155,21 +155,36 @@ def result_dict(r: DiagnosisResult) -> dict:
 
 CSV_COLUMNS = ("id", "kind", "severity", "time", "side", "status", "status_inferred", "client_flow",
                "target_flow", "transaction", "request_id", "method", "uri", "summary", "recommendation",
-               "wireshark_filter")
+               "wireshark_filter", "log")
 
 
-def write_ndjson(r: DiagnosisResult, out: IO[str]) -> None:
-    """One finding a line, for jq and log pipelines."""
-    for d in finding_dicts(r):
+def write_ndjson(r: DiagnosisResult, out: IO[str], logs: list[dict | None] | None = None) -> None:
+    """One finding a line, for jq and log pipelines. ``logs``: per finding, its proxy log line (``--log``)."""
+    for d in _with_logs(finding_dicts(r), logs):
         out.write(json.dumps(d, separators=(",", ":")) + "\n")
 
 
-def write_csv(r: DiagnosisResult, out: IO[str]) -> None:
-    """One finding a row; times in ISO 8601 (UTC) for spreadsheets."""
+def write_csv(r: DiagnosisResult, out: IO[str], logs: list[dict | None] | None = None) -> None:
+    """One finding a row; times in ISO 8601 (UTC) for spreadsheets; ``log`` empty unless logs were given."""
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    for d in finding_dicts(r):
-        writer.writerow(dict(d, time=_iso(d["ts"])))
+    for d in _with_logs(finding_dicts(r), logs):
+        row = dict(d, time=_iso(d["ts"]))
+        if logs is not None:
+            row["log"] = log_text(d["log"])
+        writer.writerow(row)
+
+
+def _with_logs(dicts: list[dict], logs: list[dict | None] | None) -> list[dict]:
+    if logs is not None:
+        for d, log in zip(dicts, logs):
+            d["log"] = log
+    return dicts
+
+
+def log_text(log: dict | None) -> str:
+    """``access.log:3 502 SH--`` or ``not logged``: a finding's log line in one cell."""
+    return "not logged" if log is None else f"{log['file']}:{log['line']} {log['says']}"
 
 
 def _iso(ts: float | None) -> str:

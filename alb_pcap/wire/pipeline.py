@@ -60,6 +60,19 @@ class Summary:
     """Per capture, how far its clock was ahead of the first capture's (subtracted; ``clocks.py``)."""
 
 
+def count_connection(s: Summary, conn: Connection) -> None:
+    """The Summary's share of a finished connection (here and in ``shards``' merge)."""
+    s.connections += 1
+    s.conn_states[conn.conn_state] += 1
+    s.keepalive_probes += sum(conn.probe_counts)
+
+
+def count_exchange(s: Summary, exchange: Exchange) -> None:
+    s.exchanges += 1
+    s.statuses["none" if exchange.status is None else str(exchange.status)] += 1
+    s.endings[exchange.ended] += 1
+
+
 class _HttpStage:
     """The TCP stage's listener: one HTTP/1.x parser per connection that carried data.
 
@@ -119,19 +132,13 @@ class _HttpStage:
         self._ended.pop(conn.id, None)
         self._early_ends.pop(conn.id, None)
         del self.flows[conn.id]
-        s = self.summary
-        s.connections += 1
-        s.conn_states[conn.conn_state] += 1
-        s.keepalive_probes += sum(conn.probe_counts)
+        count_connection(self.summary, conn)
         for sink in self.sinks:
             sink.connection(conn)
 
     def _emit(self, conn_id: int, http: HttpConnection) -> None:
         for exchange in http.exchanges():
-            s = self.summary
-            s.exchanges += 1
-            s.statuses["none" if exchange.status is None else str(exchange.status)] += 1
-            s.endings[exchange.ended] += 1
+            count_exchange(self.summary, exchange)
             for sink in self.sinks:
                 sink.exchange(exchange, self.flows[conn_id])
 
@@ -188,8 +195,18 @@ def _without_cross_copies(packets: Iterable[Packet], summary: Summary) -> Iterat
 
 
 def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
-            progress: Callable[[int], None] | None = None) -> Summary:
-    """Run every stage over the captures; raises CaptureError for unusable input."""
+            progress: Callable[[int], None] | None = None, jobs: int = 1) -> Summary:
+    """Run every stage over the captures; raises CaptureError for unusable input.
+
+    ``jobs`` > 1 reads and reassembles in that many processes, sharded by connection
+    (``shards.py``), when the captures are worth it; the records reach the sinks in the same
+    order either way.
+    """
+    if jobs > 1:
+        from . import shards  # multiprocessing only when asked for
+
+        if shards.worth_sharding(paths):
+            return shards.analyze(paths, sinks, progress, jobs)
     summary = Summary()
     summary.clock_offsets_ns = _clock_offsets(paths)
     captures = [open_capture(p, summary.anomalies) for p in paths]

@@ -71,6 +71,10 @@ HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not w
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 HALF_OPEN_NS = 130_000_000_000  # an attempt with no handshake this long quiet is over (Linux retries SYNs 127 s)
 MAX_HALF_OPEN = 10_000  # attempts with no handshake tracked at most; beyond, the oldest is over
+RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
+RST_WAIT_NS = 200_000_000  # how long an RST waits for its sender's direction to go on (or not);
+# short beside diagnosis's 1 s look-ahead, as the exchanges the RST cuts wait with it
+RST_WAIT_SEGMENTS = 32  # segments that may follow it meanwhile
 
 # Zeek endpoint states (TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -136,7 +140,7 @@ class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
         "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
-        "held", "held_dir", "held_until", "hold_expired", "attempt",
+        "held", "held_dir", "held_until", "hold_expired", "rst_wait", "rst_until", "attempt",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -161,6 +165,10 @@ class _Conn:
         self.held_until = 0  # capture time at which they stop waiting
         self.hold_expired = 0  # holds whose bytes never came
         self.attempt = False  # opened by a SYN, no handshake, no data, not closed yet (TcpTracker._attempts)
+        # An RST in the window and what followed it, (direction, segment), until it is known
+        # whether its receiver heeded it (see TcpTracker._rst_waits).
+        self.rst_wait: list[tuple[int, Packet]] | None = None
+        self.rst_until = 0
 
     @property
     def flow(self) -> str:
@@ -231,6 +239,7 @@ class TcpTracker:
         self._next_id = 1
         self._next_sweep = 0
         self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
+        self._rst_waiting: dict[int, _Conn] = {}  # id -> connection whose RST waits for a verdict
         self._releasing = False
         self._attempts: dict[int, _Conn] = {}  # id -> connection attempt (see _Conn.attempt), oldest first
         self.connections_seen = 0
@@ -256,6 +265,8 @@ class TcpTracker:
         ts = pkt.ts_ns
         if ts > conn.last_ns:  # the latest time, not the last record's: a clock stepped back
             conn.last_ns = ts  # must not make a duration negative
+        if (conn.rst_wait is not None or pkt.flags & TH_RST) and self._rst_waits(conn, direction, pkt):
+            return
         self._segment(conn, direction, pkt)
         if conn.attempt:
             self._attempt_moved(conn)
@@ -349,10 +360,15 @@ class TcpTracker:
         if flags & TH_ACK and peer.next_seq is not None:
             acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF
             if acked > 0:  # acknowledges bytes of the other direction not seen yet (rare)
-                if self._held_back(conn, direction, peer, pkt, acked):
+                if self._unheeded_ack(peer, pkt, acked):
+                    acked = 0
+                elif self._held_back(conn, direction, peer, pkt, acked):
                     return  # wait for them
-                acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
+                else:
+                    acked = (pkt.ack - peer.next_seq + _HALF) % _MOD - _HALF  # a release may move it
         half.pkts += 1
+        if flags & TH_RST and half.next_seq is not None and self._outside_window(conn, half, pkt):
+            return
         size = len(pkt.payload) + pkt.missing
         control = flags & _CONTROL
         if control or pkt.win == 0 or ("d" if size else "a") not in half.letters:
@@ -360,7 +376,12 @@ class TcpTracker:
         if control or half.state not in _SETTLED:
             self._endpoint_state(conn, direction, flags)
         if flags & TH_SYN:
+            fresh = half.isn is None
             self._syn(conn, half, pkt)
+            if size and fresh and half.isn == pkt.seq:
+                # TCP Fast Open (RFC 7413): a SYN carries data, the stream's first bytes
+                # (a retransmitted SYN was counted by _syn already).
+                self._data(conn, direction, half, pkt, 0, size)
             return
         if half.next_seq is None:
             half.next_seq = pkt.seq  # picked up mid-stream: the stream starts here
@@ -388,6 +409,80 @@ class TcpTracker:
             self._expire_holes(conn, pkt)
         if conn.held is not None:
             self._release_ready(conn, pkt)
+
+    @staticmethod
+    def _unheeded_ack(peer: _Half, pkt: Packet, acked: int) -> bool:
+        """An ACK that says nothing about lost bytes of ``peer``.
+
+        An RST's ACK field is not checked by its receiver (RFC 5961 §3.2), and injected RSTs carry
+        any value there: one far ahead is no evidence of a 2 GB hole. And a direction picked up
+        mid-stream whose first segment was a keep-alive probe (no data, at the next byte - 1) gets
+        an ACK one past it: the stream starts there, no byte was lost.
+        """
+        if pkt.flags & TH_RST:
+            return acked > HOLD_MAX_AHEAD
+        if acked == 1 and peer.isn is None and peer.max_off == 0 and not peer.buffer:
+            peer.next_seq = (peer.next_seq + 1) % _MOD
+            return True
+        return False
+
+    # -- RSTs that may not end the connection (RFC 5961) -----------------------------------------
+
+    def _rst_waits(self, conn: _Conn, direction: int, pkt: Packet) -> bool:
+        """Hold back an RST on an established connection, and what follows it, until its sender's
+        direction says whether it was the sender's: an endpoint that sent an RST sends nothing
+        more, so in-sequence data or a FIN from that direction after it means the RST was
+        injected by a third party or refused by its receiver (a TCP-MD5 signature that did not
+        verify), and the connection went on. Otherwise it ends the connection, as before, once
+        ``RST_WAIT_NS`` have passed or ``RST_WAIT_SEGMENTS`` segments followed it."""
+        wait = conn.rst_wait
+        if wait is None:
+            if conn.rst is not None or conn.held is not None or not self._established(conn):
+                return False
+            if abs(_seq_diff(pkt.seq, conn.half[direction].next_seq)) > RST_WINDOW:
+                return False  # no wait: _segment drops it (_outside_window)
+            conn.rst_wait, conn.rst_until = [(direction, pkt)], pkt.ts_ns + RST_WAIT_NS
+            self._rst_waiting[conn.id] = conn
+            self._next_sweep = min(self._next_sweep, conn.rst_until)
+            return True
+        rst = wait[0][1]
+        if pkt.ts_ns > conn.rst_until or len(wait) >= RST_WAIT_SEGMENTS:
+            self._rst_verdict(conn, heeded=True)
+            return False
+        if (direction == wait[0][0] and not pkt.flags & TH_RST and (pkt.payload or pkt.flags & TH_FIN)
+                and _seq_diff(pkt.seq, rst.seq) >= 0):
+            self._rst_verdict(conn, heeded=False)
+            return False
+        wait.append((direction, pkt))
+        return True
+
+    @staticmethod
+    def _established(conn: _Conn) -> bool:
+        return all(half.state in (ESTABLISHED, PARTIAL) and half.next_seq is not None for half in conn.half)
+
+    def _rst_verdict(self, conn: _Conn, heeded: bool) -> None:
+        """Play the held RST (heeded) or drop it, then what followed it."""
+        wait, conn.rst_wait = conn.rst_wait, None
+        self._rst_waiting.pop(conn.id, None)
+        assert wait is not None
+        direction, rst = wait[0]
+        if not heeded:
+            wait = wait[1:]
+            conn.half[direction].pkts += 1
+            self.anomalies.add("RST_ignored", rst.frame, rst.ts_ns, conn.flow,
+                               "its sender's stream went on after it: injected, or refused by its receiver")
+        for d, pkt in wait:
+            self._segment(conn, d, pkt)
+
+    def _outside_window(self, conn: _Conn, half: _Half, pkt: Packet) -> bool:
+        """An RST whose sequence number is far from its direction's stream: its receiver drops it
+        (RFC 5961 §3.2: only an RST in the window ends a connection), and so do we."""
+        rel = _seq_diff(pkt.seq, half.next_seq)
+        if -RST_WINDOW <= rel <= RST_WINDOW:
+            return False
+        self.anomalies.add("RST_outside_window", pkt.frame, pkt.ts_ns, conn.flow,
+                           f"{rel:+} from the next sequence number: ignored by the receiver")
+        return True
 
     # -- segments captured ahead of the bytes they acknowledge ----------------------------------
 
@@ -701,6 +796,10 @@ class TcpTracker:
         self._next_sweep = now_ns + 1_000_000_000
         if self._attempts:
             self._expire_attempts(now_ns)
+        for conn in [c for c in self._rst_waiting.values() if c.rst_until <= now_ns]:
+            self._rst_verdict(conn, heeded=True)
+        for conn in self._rst_waiting.values():
+            self._next_sweep = min(self._next_sweep, conn.rst_until)
         if self._holding:
             for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
                 self._release(conn, expired=True)
@@ -732,6 +831,8 @@ class TcpTracker:
         if conn.attempt:
             conn.attempt = False
             self._attempts.pop(conn.id, None)
+        if conn.rst_wait is not None:  # no verdict came: the RST ended the connection
+            self._rst_verdict(conn, heeded=True)
         if conn.held is not None:  # before anything ends: held segments still belong to the streams
             self._release(conn, expired=False)
         if conn.closed_at is None:
