@@ -213,3 +213,17 @@ def test_exchanges_after_a_client_sequence_hole_pair_again(tmp_path, jump):
 def test_a_sequence_jump_nothing_answered_pairs_again(tmp_path):
     _, pairs = _pairs(_write(tmp_path, "jump", hostile.sequence_hole(1024, answered=False)))
     assert pairs[3:] == AFTER
+
+
+def test_a_syn_flood_gives_the_same_findings_with_jobs(tmp_path, monkeypatch):
+    from alb_pcap.wire import shards
+
+    monkeypatch.setattr(shards, "SHARD_MIN_BYTES", 0)
+    monkeypatch.setattr(tcp, "MAX_HALF_OPEN", 100)  # forked workers inherit it: each shard's own budget
+    path = _write(tmp_path, "flood", hostile.syn_flood(1500))
+    docs = [_json(path, "--jobs", str(jobs))[1] for jobs in (1, 2)]
+    for key in ("finding_counts", "syn_floods", "connect_failures", "transaction_counts"):
+        assert docs[0][key] == docs[1][key], key
+    one, two = (d["summary"] for d in docs)
+    assert one["connections"] == two["connections"] == 1506
+    assert one["expired_attempts"] == 1401 and 0 < two["expired_attempts"] <= 1401  # a budget per shard

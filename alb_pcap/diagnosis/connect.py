@@ -696,7 +696,9 @@ def _flood_counts(host: bytes, f: _Flood) -> FloodCounts:
     top = MAX_PEERS_SHOWN * 4
     return FloodCounts(
         format_addr(host), f.attempts, len(f.sources), len(f.ports), f.other_sources > 0, f.other_ports > 0,
-        tuple((format_addr(a), n) for a, n in f.sources.most_common(top)), tuple(f.ports.most_common(top)),
+        # most first, ties by address and port: the same whatever order the connections closed in
+        tuple((format_addr(a), n) for a, n in sorted(f.sources.items(), key=lambda an: (-an[1], an[0]))[:top]),
+        tuple(sorted(f.ports.items(), key=lambda pn: (-pn[1], pn[0]))[:top]),
         f.first[2] if f.first else 0, f.last_ns, f.first[1] if f.first else None, f.first[0] if f.first else None)
 
 
