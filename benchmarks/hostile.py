@@ -41,10 +41,10 @@ CASES = {
 }
 
 
-def run(path: Path, detail: str, root: Path) -> tuple[float, int, dict, int]:
+def run(path: Path, detail: str, root: Path, jobs: int | None) -> tuple[float, int, dict, int]:
     out = path.with_suffix(".json")
     cmd = [sys.executable, "-m", "alb_pcap.cli", "analyze", str(path.resolve()), "--json", str(out.resolve()),
-           "--json-detail", detail]
+           "--json-detail", detail] + ([] if jobs is None else ["--jobs", str(jobs)])
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     # from root: ``-m`` puts the working directory first on the path
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="multiply the sizes (10: 2M SYNs, 1M pipelined)")
     ap.add_argument("--only", action="append", choices=sorted(CASES), help="run only this case (repeatable)")
     ap.add_argument("--detail", choices=["findings", "all"], default="findings", help="--json-detail")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="--jobs (default 1: ru_maxrss is one process's; 0 leaves the option out, for an older root)")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose alb_pcap runs (a 'before')")
     ap.add_argument("--out", type=Path, help="keep the captures here (default: a temporary directory)")
     args = ap.parse_args()
@@ -91,7 +93,7 @@ def main() -> None:
                 frames = hostile.write_pcap(f, CASES[name](args.scale))
         else:
             frames = None
-        elapsed, rss_kib, doc, code = run(path, args.detail, args.root)
+        elapsed, rss_kib, doc, code = run(path, args.detail, args.root, args.jobs or None)
         kinds = dict(doc.get("finding_counts", {})) if doc else {}
         anomalies = doc.get("summary", {}).get("anomalies", {}) if doc else {}
         frames = frames if frames is not None else sum(c["frames"] for c in doc.get("captures", []))
