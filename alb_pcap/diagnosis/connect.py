@@ -43,6 +43,14 @@ Findings (``KINDS``), with the fields of ``detect.Finding``:
   or the caller's grouping). The seed KB's "load balancer node in a subnet
   without a route" case.
 
+* ``syn_flood`` (side client, warning, no status): one per acceptor host that got
+  at least ``FLOOD_MIN_ATTEMPTS`` unanswered SYNs from ``FLOOD_MIN_SPREAD`` or more
+  source addresses (a SYN flood) or to as many ports (a port scan), with counts per
+  source and per port (``FloodCounts``). Its attempts are not also reported one by
+  one as ``target_connect_timeout`` nor as ``client_connect_timeout``: a flood is one
+  finding. (The TCP stage expires such attempts early, so a flood costs a bounded
+  amount of memory; see ``tcp.MAX_HALF_OPEN``.)
+
 A failed connect is reported once, under one kind: a SYN retried and then
 refused is ``target_connect_refused`` only. Each target-side finding is one
 connection *attempt*: proxies that retry a failed connect on a new connection
@@ -100,6 +108,14 @@ MAX_ATTEMPTS = 1_000
 MAX_PENDING = 10_000
 MAX_HOSTS = 65_536
 MAX_PEERS_SHOWN = 8
+FLOOD_MIN_ATTEMPTS = 1_000
+"""Unanswered SYNs to one host before they may be a flood or a scan."""
+FLOOD_MIN_SPREAD = 32
+"""... from at least this many source addresses (a flood), or to this many ports (a scan)."""
+MAX_FLOOD_HOSTS = 1_024
+"""Acceptor hosts whose unanswered SYNs are counted for ``syn_flood``; later ones are counted in ``untracked``."""
+MAX_FLOOD_KEYS = 4_096
+"""Sources (and ports) counted one by one per host; the others are counted together."""
 
 KINDS = CONNECT_KINDS
 
@@ -241,6 +257,8 @@ class ConnectReport:
     """Connection attempts not counted because ``MAX_KEYS`` endpoints were already tracked."""
     dropped_attempts: int = 0
     """Failed attempts counted but not kept for findings (beyond ``MAX_ATTEMPTS``)."""
+    floods: tuple[FloodCounts, ...] = ()
+    """Hosts that got a SYN flood or a port scan (one ``syn_flood`` finding each), most attempts first."""
     _claimed: set[int] = field(default_factory=set, compare=False, repr=False)
 
     def explaining(self, ts_ns: int, status: int | None, back_hosts: tuple[str, ...] = ()) -> Finding | None:
@@ -279,6 +297,74 @@ class ConnectReport:
         return self.findings[best[1]]
 
 
+class _Flood:
+    """Unanswered SYNs to one acceptor host, per source address and per port, bounded."""
+
+    __slots__ = ("attempts", "sources", "ports", "other_sources", "other_ports", "first", "last_ns")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.sources: Counter[bytes] = Counter()
+        self.ports: Counter[int] = Counter()
+        self.other_sources = 0  # attempts from sources beyond MAX_FLOOD_KEYS
+        self.other_ports = 0
+        self.first: tuple[str, int | None, int] | None = None  # (flow, SYN frame, ts) of the earliest
+        self.last_ns = 0
+
+    def add(self, conn: Connection) -> None:
+        self.attempts += 1
+        if conn.orig in self.sources or len(self.sources) < MAX_FLOOD_KEYS:
+            self.sources[conn.orig] += 1
+        else:
+            self.other_sources += 1
+        if conn.resp_port in self.ports or len(self.ports) < MAX_FLOOD_KEYS:
+            self.ports[conn.resp_port] += 1
+        else:
+            self.other_ports += 1
+        if self.first is None or conn.start_ns < self.first[2]:
+            self.first = (conn.flow, conn.syn_frame, conn.start_ns)
+        self.last_ns = max(self.last_ns, conn.end_ns)
+
+    def is_flood(self) -> bool:
+        spread = max(len(self.sources) + (self.other_sources > 0), len(self.ports) + (self.other_ports > 0))
+        return self.attempts >= FLOOD_MIN_ATTEMPTS and spread >= FLOOD_MIN_SPREAD
+
+
+@dataclass(frozen=True, slots=True)
+class FloodCounts:
+    """A SYN flood or port scan: unanswered SYNs to one host."""
+
+    host: str
+    attempts: int
+    """Unanswered connection attempts (one SYN, or a few retransmitted) to this host."""
+    sources: int
+    """Source addresses counted one by one (at most ``MAX_FLOOD_KEYS``; ``sources_capped`` says when more)."""
+    ports: int
+    sources_capped: bool
+    ports_capped: bool
+    top_sources: tuple[tuple[str, int], ...]
+    """The sources with the most attempts (up to ``MAX_PEERS_SHOWN`` * 4), most first."""
+    top_ports: tuple[tuple[int, int], ...]
+    first_ns: int
+    last_ns: int
+    first_frame: int | None = None
+    first_flow: str | None = None
+
+    @property
+    def scan(self) -> bool:
+        """More ports than sources: a port scan rather than a flood of one service."""
+        return self.ports > self.sources
+
+
+def flood_counts_dict(f: FloodCounts) -> dict:
+    """For the JSON export (``syn_floods[]``)."""
+    return {"host": f.host, "attempts": f.attempts, "kind": "port_scan" if f.scan else "syn_flood",
+            "sources": f.sources, "sources_capped": f.sources_capped, "ports": f.ports,
+            "ports_capped": f.ports_capped, "by_source": dict(f.top_sources),
+            "by_port": {str(p): n for p, n in f.top_ports}, "first": round(f.first_ns / 1e9, 6),
+            "last": round(f.last_ns / 1e9, 6)}
+
+
 SideOf = Callable[[str, str], "str | None"]
 """(opener, acceptor) endpoints -> "client", "target" or None. The opener's port is 0: counts are kept per
 opener host, so roles must go by the opener's host (as ``correlate.Roles.conn_side`` does)."""
@@ -306,6 +392,7 @@ class ConnectFailures:
         self._servers: set[bytes] = set()  # hosts that accepted an answered connection
         self._openers: set[bytes] = set()  # hosts that opened an answered connection
         self._endpoints: set[tuple[bytes, int]] = set()  # acceptor endpoints of answered connections
+        self._floods: dict[bytes, _Flood] = {}  # acceptor host -> its unanswered SYNs
         self._end_ns = 0
         self.untracked = 0
         self.dropped_attempts = 0
@@ -334,6 +421,11 @@ class ConnectFailures:
         if outcome == REFUSED:
             self._failed(side, tally, refused_attempt(conn))
             return
+        flood = self._floods.get(conn.resp)
+        if flood is None and len(self._floods) < MAX_FLOOD_HOSTS:
+            flood = self._floods[conn.resp] = _Flood()
+        if flood is not None:
+            flood.add(conn)
         attempt = judge_unanswered(conn, self._end_ns)
         if attempt is not None:
             self._failed(side, tally, attempt)
@@ -425,25 +517,33 @@ class ConnectFailures:
             t.answered, t.refused, t.timed_out, t.undecided, tuple(peers.get(key, Counter()).most_common()))
             for key, t in by_address.items()}
 
+        floods = sorted((_flood_counts(host, f) for host, f in self._floods.items() if f.is_flood()),
+                        key=lambda f: (-f.attempts, f.host))
+        flooded = {host for host, f in self._floods.items() if f.is_flood()}  # their unanswered SYNs: one finding
+
         findings: list[Finding] = []
         for side, attempt in sorted(attempts, key=lambda sa: sa[1].first_ns):
             side = side or resolve(attempt.opener, attempt.acceptor, attempt.port)
             if side != "target":
                 continue  # client-side attempts are judged per address below
+            if attempt.kind == "timeout" and attempt.acceptor in flooded:
+                continue
             counts = addresses.get(("target", attempt.acceptor, attempt.port))
             if counts is not None:
                 findings.append(_target_finding(attempt, counts))
         # every failure counts towards its kind, kept or not (MAX_ATTEMPTS, keep_per_kind)
         counts = Counter({"target_connect_refused": sum(t.refused for k, t in by_address.items() if k[0] == "target"),
                           "target_connect_timeout": sum(t.timed_out for k, t in by_address.items()
-                                                        if k[0] == "target")})
+                                                        if k[0] == "target" and k[1] not in flooded)})
         kept: Counter[str] = Counter()
         target_findings, findings = findings, []
         for finding in target_findings:
             kept[finding.kind] += 1
             if kept[finding.kind] <= self.keep_per_kind:
                 findings.append(finding)
-        for finding in _client_findings(by_address, addresses, group_of, self.min_client_failures):
+        unflooded = {k: t for k, t in by_address.items() if k[1] not in flooded}
+        for finding in _client_findings(unflooded, addresses, group_of, self.min_client_failures) + \
+                [_flood_finding(f) for f in floods]:
             counts[finding.kind] += 1
             if counts[finding.kind] <= self.keep_per_kind:
                 findings.append(finding)
@@ -454,7 +554,7 @@ class ConnectFailures:
             findings=tuple(sorted(findings, key=lambda f: f.ts_ns)),
             kind_counts=tuple(sorted((k, n) for k, n in counts.items() if n)),
             addresses=tuple(listed), unattributed=unattributed, untracked=self.untracked,
-            dropped_attempts=dropped,
+            dropped_attempts=dropped, floods=tuple(floods),
         )
 
     def _resolver(self, side_of: SideOf | None) -> Callable[[bytes, bytes, int], str | None]:
@@ -590,3 +690,35 @@ def _client_findings(by_address: dict[tuple[str, bytes, int], _Tally], addresses
         out.append(Finding("client_connect_timeout", "error", first_ns, "client", flow, None, None, summary,
                            tuple(evidence), _CLIENT_FIX))
     return out
+
+
+def _flood_counts(host: bytes, f: _Flood) -> FloodCounts:
+    top = MAX_PEERS_SHOWN * 4
+    return FloodCounts(
+        format_addr(host), f.attempts, len(f.sources), len(f.ports), f.other_sources > 0, f.other_ports > 0,
+        # most first, ties by address and port: the same whatever order the connections closed in
+        tuple((format_addr(a), n) for a, n in sorted(f.sources.items(), key=lambda an: (-an[1], an[0]))[:top]),
+        tuple(sorted(f.ports.items(), key=lambda pn: (-pn[1], pn[0]))[:top]),
+        f.first[2] if f.first else 0, f.last_ns, f.first[1] if f.first else None, f.first[0] if f.first else None)
+
+
+_FLOOD_FIX = ("Unanswered SYNs in these numbers are an attack or a scan, not a proxy's timer: check the listener's "
+              "SYN backlog and SYN cookies (net.ipv4.tcp_syncookies), rate limits or AWS Shield/WAF in front of "
+              "it, and the security group's sources. Findings about timers elsewhere in this capture still hold.")
+
+
+def _flood_finding(f: FloodCounts) -> Finding:
+    def more(capped: bool) -> str:
+        return "at least " if capped else ""
+
+    span = (f.last_ns - f.first_ns) / SEC
+    sources = ", ".join(f"{a}: {n:,}" for a, n in f.top_sources[:MAX_PEERS_SHOWN])
+    ports = ", ".join(f"{p}: {n:,}" for p, n in f.top_ports[:MAX_PEERS_SHOWN])
+    what = "a port scan" if f.scan else "a SYN flood"
+    summary = (f"{f.attempts:,} connection attempts to {f.host} went unanswered over {span:.1f} s, from "
+               f"{more(f.sources_capped)}{f.sources:,} source address(es) to {more(f.ports_capped)}{f.ports:,} "
+               f"port(s): {what} (or a mirror that only sees one direction). Most per source: {sources}; "
+               f"per port: {ports}. They are counted here, not reported one by one.")
+    evidence = (Evidence(f.first_frame, f.first_ns, f"first unanswered SYN to {f.host} ({f.first_flow})", "client"),
+                Evidence(None, f.last_ns, f"last unanswered SYN to {f.host} ({f.attempts:,} in all)", "client"))
+    return Finding("syn_flood", "warning", f.first_ns, "client", None, None, None, summary, evidence, _FLOOD_FIX)

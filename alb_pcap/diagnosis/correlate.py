@@ -93,6 +93,9 @@ class Counts:
     unpaired_back: int = 0
     retried: int = 0
     """Front exchanges that caused more than one back exchange."""
+    unanswered_not_kept: int = 0
+    """Unanswered exchanges beyond ``diagnose.MAX_FAILING_PER_CONN`` on one connection that no close could
+    cut (not its last): counted, neither paired nor kept (a pipelining flood). Set by the diagnosis."""
 
 
 @dataclass(frozen=True, slots=True)

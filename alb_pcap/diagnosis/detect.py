@@ -37,7 +37,7 @@ MIN_IDLE_NS = 500_000_000
 RACE_SLACK_NS = 300_000_000
 """A target FIN this soon after a request on an idle connection was its keep-alive timer, not the request."""
 
-CONNECT_KINDS = ("target_connect_refused", "target_connect_timeout", "client_connect_timeout")
+CONNECT_KINDS = ("target_connect_refused", "target_connect_timeout", "client_connect_timeout", "syn_flood")
 """Failed connects (``connect.py``)."""
 KINDS = (
     "idle_timeout_close", "target_keepalive_close", "keepalive_race", "target_reset",

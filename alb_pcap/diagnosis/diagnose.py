@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, replace
 
 from ..model import ORIG, RESP, Connection, Exchange
-from .connect import AddressCounts, ConnectFailures, attempt_outcome
+from .connect import AddressCounts, ConnectFailures, FloodCounts, attempt_outcome
 from .correlate import Correlation, Correlator, Counts, Cut, Transaction
 from .detect import (
     CONNECT_KINDS,
@@ -65,6 +65,8 @@ class DiagnosisResult:
     the first ``MAX_IDLE_CLOSES``: what the HTML report plots against the timers."""
     idle_closes_total: int = 0
     """All quiet closes, including those beyond ``MAX_IDLE_CLOSES``."""
+    syn_floods: tuple[FloodCounts, ...] = ()
+    """Hosts that got a SYN flood or a port scan: the counts behind each ``syn_flood`` finding."""
 
     def connection(self, flow: str | None) -> Connection | None:
         return next((c for c in self.connections if c.flow == flow), None)
@@ -73,7 +75,7 @@ class DiagnosisResult:
 class _Activity:
     """What an open connection's exchanges said, until the connection closes."""
 
-    __slots__ = ("last_http_ns", "last", "failing", "side", "answered")
+    __slots__ = ("last_http_ns", "last", "failing", "side", "answered", "spare")
 
     def __init__(self) -> None:
         self.last_http_ns: int | None = None
@@ -81,6 +83,7 @@ class _Activity:
         self.failing: list[tuple[ExchangeRef, int | None]] = []
         self.side = "front"
         self.answered = False
+        self.spare: ExchangeRef | None = None  # unanswered, beyond MAX_FAILING_PER_CONN: kept only if it is the last
 
 
 _SIDE = {"front": "client", "back": "target"}
@@ -121,6 +124,7 @@ class Diagnosis:
         self._conns: list[Connection] = []
         self._idle_closes: list[tuple[float, str, str, str]] = []
         self._idle_closes_total = 0
+        self._not_kept = 0  # Counts.unanswered_not_kept
         self._now = 0
 
     # -- Sink ---------------------------------------------------------------------
@@ -161,8 +165,17 @@ class Diagnosis:
             self._exchange(item)
 
     def _exchange(self, ref: ExchangeRef) -> None:
-        side = self.correlator.add(ref)
         act = self._open.setdefault(ref.conn_id, _Activity())
+        if act.spare is not None:  # not the connection's last after all: no close can cut it
+            act.spare = None
+            self._not_kept += 1
+        if ref.status is None and not ref.answered and len(act.failing) >= MAX_FAILING_PER_CONN:
+            # a pipelining flood: an unanswered exchange matters only if a close cuts it, and only
+            # the failing ones already kept and the last can be cut (_cut)
+            act.spare = ref
+            side = act.side
+        else:
+            side = self.correlator.add(ref)
         if side == "back":
             act.side = "back"
             self.roles.hints.add(f"ip:{host_of(ref.opener)}", ref.request_hint)
@@ -178,6 +191,9 @@ class Diagnosis:
 
     def _connection(self, conn: Connection) -> None:
         act = self._open.pop(conn.id, None) or _Activity()
+        if act.spare is not None:  # the last exchange: a close may cut it
+            self.correlator.add(act.spare)
+            act.spare = None
         opener, acceptor = split_flow(conn.flow)
         known = self.roles.conn_side(opener, acceptor) or (act.side if act.last else None)
         self.connects.add(conn, _SIDE.get(known))
@@ -206,6 +222,10 @@ class Diagnosis:
     def finish(self) -> DiagnosisResult:
         while self._ahead:
             self._diagnose(self._ahead.popleft()[1])
+        for act in self._open.values():  # connections never reported closed: their last stays
+            if act.spare is not None:
+                self.correlator.add(act.spare)
+                act.spare = None
         correlation = self.correlator.finish()
         timers = self.timers.renamed(self._subject)
         _observe_give_ups(correlation.transactions, timers)
@@ -236,9 +256,11 @@ class Diagnosis:
         return DiagnosisResult(
             proxies=proxies, transactions=transactions, findings=findings,
             finding_counts=tuple(sorted(self._kinds.items())), timers=timers.timers(),
-            verdict=verdict(timers, self._kinds, correlation, self.roles, findings), counts=correlation.counts,
+            verdict=verdict(timers, self._kinds, correlation, self.roles, findings),
+            counts=replace(correlation.counts, unanswered_not_kept=self._not_kept),
             connections=tuple(self._conns), connect_failures=connect.addresses,
             idle_closes=tuple(self._idle_closes), idle_closes_total=self._idle_closes_total,
+            syn_floods=connect.floods,
         )
 
     # -- connections ---------------------------------------------------------------
@@ -391,7 +413,8 @@ def verdict(timers: TimerBook, kinds: Counter[str], correlation: Correlation, ro
             lines += [f"{name}: {line}" for line in _kind_lines(mine, timers)]
     else:
         lines += _kind_lines(kinds, timers)
-    failures = ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + CONNECT_KINDS
+    failures = ("keepalive_race", "target_reset", "gateway_timeout", "client_abort") + tuple(
+        k for k in CONNECT_KINDS if k != "syn_flood")
     if not any(kinds[k] for k in failures):
         c = correlation.counts
         lines.append(f"no 502/504/460 causes found in {c.transactions} transactions ({c.paired} paired "
@@ -449,6 +472,8 @@ _KIND_LINES = {
     "target_connect_refused": "{n} connection attempt{s} to targets {were} refused (RST to the SYN): 502",
     "target_connect_timeout": "{n} connection attempt{s} to targets went unanswered: 504",
     "client_connect_timeout": "{n} proxy address{es} left clients' SYNs unanswered while others answered",
+    "syn_flood": "{n} host{s} got a SYN flood or a port scan (unanswered SYNs from many sources or to many "
+                 "ports; counted, not reported one by one)",
 }
 
 

@@ -218,6 +218,8 @@ class RoleFinder:
     OTHER_HOST_LAG_NS = SEC // 10
     PER_KEY = 16
     MAX_ACCEPTORS = 32
+    MAX_RECENT = 20_000
+    """Exchanges remembered at most (the oldest go first): ``HORIZON_NS`` bounds time, this the rate."""
     TIGHT_LAG_NS = SEC // 50
     """Forwarded this soon after the client's request ended: one sighting is enough."""
 
@@ -260,11 +262,13 @@ class RoleFinder:
         self._arrivals.append((ref.start_ns, key))
 
     def _forget(self, before_ns: int) -> None:
-        while self._arrivals and self._arrivals[0][0] < before_ns:
-            _, key = self._arrivals.popleft()
+        arrivals = self._arrivals
+        while arrivals and (arrivals[0][0] < before_ns or len(arrivals) > self.MAX_RECENT):
+            ts, key = arrivals.popleft()
+            upto = max(before_ns, ts + 1)  # beyond MAX_RECENT: this arrival and older ones of its key go
             for index in (self._recent, self._unknown):
                 recent = index.get(key)
-                while recent and recent[0].start_ns < before_ns:
+                while recent and recent[0].start_ns < upto:
                     recent.popleft()
                 if recent is not None and not recent:
                     del index[key]

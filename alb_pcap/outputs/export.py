@@ -148,6 +148,7 @@ class JsonExport:
                 "exchange_endings": dict(summary.endings.most_common()),
                 "keepalive_probes": summary.keepalive_probes,
                 "cross_capture_duplicates": summary.cross_capture_duplicates,
+                "expired_attempts": summary.expired_attempts,
                 "anomalies": dict(summary.anomalies.counts.most_common()),
             },
             "anomalies": [anomaly_dict(a) for a in summary.anomalies.kept],

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 from typing import IO
 
-from ..diagnosis.connect import address_counts_dict
+from ..diagnosis.connect import address_counts_dict, flood_counts_dict
 from ..diagnosis.correlate import Transaction
 from ..diagnosis.detect import Finding, Timer
 from ..diagnosis.diagnose import DiagnosisResult
@@ -145,9 +145,11 @@ def result_dict(r: DiagnosisResult) -> dict:
         "findings_not_listed": _not_listed(r),
         "transactions": [transaction_dict(tx) for tx in r.transactions],
         "connect_failures": [address_counts_dict(a) for a in r.connect_failures],
+        "syn_floods": [flood_counts_dict(f) for f in r.syn_floods],
         "transaction_counts": {"total": c.transactions, "paired": c.paired, "kept": len(r.transactions),
                                "healthy_not_kept": c.healthy_dropped, "unpaired_client": c.unpaired_front,
-                               "unpaired_target": c.unpaired_back, "retried": c.retried},
+                               "unpaired_target": c.unpaired_back, "retried": c.retried,
+                               "unanswered_not_kept": c.unanswered_not_kept},
     }
 
 

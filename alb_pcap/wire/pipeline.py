@@ -55,6 +55,7 @@ class Summary:
     keepalive_probes: int = 0
     peak_open_connections: int = 0
     cross_capture_duplicates: int = 0  # the same segment in two of the captures given together
+    expired_attempts: int = 0  # connection attempts summarised early (tcp.MAX_HALF_OPEN, HALF_OPEN_NS)
     clock_offsets_ns: list[int] = field(default_factory=list)
     """Per capture, how far its clock was ahead of the first capture's (subtracted; ``clocks.py``)."""
 
@@ -73,7 +74,13 @@ def count_exchange(s: Summary, exchange: Exchange) -> None:
 
 
 class _HttpStage:
-    """The TCP stage's listener: one HTTP/1.x parser per connection."""
+    """The TCP stage's listener: one HTTP/1.x parser per connection that carried data.
+
+    The parser is made at the connection's first byte (or gap), not when it opens: a
+    connection that never carries data (a SYN flood, a port scan, an unanswered connect)
+    costs its flow string here, not a parser. Stream ends seen before that are replayed
+    to the parser when it is made, so it sees what it would have seen.
+    """
 
     def __init__(self, sinks: list[Sink], summary: Summary) -> None:
         self.sinks = sinks
@@ -81,28 +88,41 @@ class _HttpStage:
         self.http: dict[int, HttpConnection] = {}
         self.flows: dict[int, str] = {}
         self._ended: dict[int, int] = {}  # streams ended per connection
+        self._early_ends: dict[int, list[tuple[int, str, int, int]]] = {}  # ends before the parser was made
 
     def on_open(self, conn_id: int, flow: str, ts_ns: int) -> None:
-        self.http[conn_id] = HttpConnection(conn_id, self.summary.anomalies, flow)
         self.flows[conn_id] = flow
 
+    def _parser(self, conn_id: int) -> HttpConnection:
+        http = self.http.get(conn_id)
+        if http is None:
+            http = self.http[conn_id] = HttpConnection(conn_id, self.summary.anomalies, self.flows[conn_id])
+            for direction, how, ts_ns, frame in self._early_ends.pop(conn_id, ()):
+                http.end(direction, how, ts_ns, frame)
+        return http
+
     def on_data(self, conn_id: int, direction: int, data: bytes, ts_ns: int, frame: int) -> None:
-        http = self.http[conn_id]
+        http = self.http.get(conn_id) or self._parser(conn_id)
         http.data(direction, data, ts_ns, frame)
         self._emit(conn_id, http)
 
     def on_gap(self, conn_id: int, direction: int, size: int, ts_ns: int, frame: int) -> None:
-        http = self.http[conn_id]
+        http = self._parser(conn_id)
         http.gap(direction, size, ts_ns, frame)
         self._emit(conn_id, http)
 
     def on_end(self, conn_id: int, direction: int, how: str, ts_ns: int, frame: int) -> None:
-        http = self.http[conn_id]
-        http.end(direction, how, ts_ns, frame)
-        self._emit(conn_id, http)
-        self._ended[conn_id] = self._ended.get(conn_id, 0) + 1
-        if self._ended[conn_id] == 2:  # both streams over: nothing more can come, free the parser now
-            self.http.pop(conn_id).close()
+        http = self.http.get(conn_id)
+        if http is not None:
+            http.end(direction, how, ts_ns, frame)
+            self._emit(conn_id, http)
+        self._ended[conn_id] = ended = self._ended.get(conn_id, 0) + 1
+        if ended == 2:  # both streams over: nothing more can come, free the parser now
+            if http is not None:
+                self.http.pop(conn_id).close()
+            self._early_ends.pop(conn_id, None)
+        elif http is None:
+            self._early_ends.setdefault(conn_id, []).append((direction, how, ts_ns, frame))
 
     def on_close(self, conn: Connection) -> None:
         http = self.http.pop(conn.id, None)
@@ -110,6 +130,7 @@ class _HttpStage:
             self._emit(conn.id, http)
             http.close()
         self._ended.pop(conn.id, None)
+        self._early_ends.pop(conn.id, None)
         del self.flows[conn.id]
         count_connection(self.summary, conn)
         for sink in self.sinks:
@@ -212,6 +233,7 @@ def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
             pkt, reading = None, False
             summary.peak_open_connections = max(summary.peak_open_connections, tracker.open_connections)
             tracker.finish()
+            summary.expired_attempts = tracker.attempts_expired
         except Exception as exc:  # a bug: say where, for the one-line report and a reproducer
             if len(captures) == 1:  # the frame being read, in the capture stage or after it
                 frame = None if reading is False else captures[0].stats.frames

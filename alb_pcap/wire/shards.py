@@ -282,7 +282,7 @@ def _work(paths: list[str], offsets: list[int], jobs: int, k: int, out: _Outbox)
             return
         out.p, out.phase, out.sub = count, LAST, ()
         out.put("end", (dict(log.counts), [c.stats for c in captures] if k == 0 else None,
-                        summary.cross_capture_duplicates))
+                        summary.cross_capture_duplicates, tracker.attempts_expired))
     finally:
         for c in captures:
             c.close()
@@ -433,8 +433,9 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
                 if progress and not b:
                     progress(key[0] + 1)
         elif kind == "end":
-            counts, stats, cross = a
+            counts, stats, cross, expired = a
             totals.update(counts)
+            summary.expired_attempts += expired
             if stats is not None:
                 summary.captures = stats
                 summary.cross_capture_duplicates = cross

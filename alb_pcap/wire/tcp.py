@@ -30,6 +30,13 @@ follow it. Nothing is held when the other direction has never been seen (one-sid
 captures), nor when its ACK is implausibly far ahead, nor on a connection whose
 holds keep expiring.
 
+A connection *attempt* (opened by a SYN; no handshake, no data, not closed) is
+summarised as the capture's end would summarise it once it has been quiet
+``HALF_OPEN_NS`` (longer than Linux's SYN retries), or when more than
+``MAX_HALF_OPEN`` attempts are tracked (the least recently active first): a SYN
+flood or a scan costs bounded memory. A later segment of an expired attempt starts
+a new connection.
+
 The summary uses Zeek's vocabulary (``history`` letters and ``conn_state``,
 derived from the two endpoint states the way ``conn/main.zeek`` does) so users
 can compare with Zeek's conn.log.
@@ -62,6 +69,8 @@ HOLD_NS = 10_000_000  # 10 ms: how long a segment acknowledging unseen bytes of 
 HOLD_SEGMENTS = 8  # segments held per connection at most
 HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not waited for
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
+HALF_OPEN_NS = 130_000_000_000  # an attempt with no handshake this long quiet is over (Linux retries SYNs 127 s)
+MAX_HALF_OPEN = 10_000  # attempts with no handshake tracked at most; beyond, the oldest is over
 RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
 RST_WAIT_NS = 200_000_000  # how long an RST waits for its sender's direction to go on (or not);
 # short beside diagnosis's 1 s look-ahead, as the exchanges the RST cuts wait with it
@@ -131,7 +140,7 @@ class _Conn:
     __slots__ = (
         "id", "orig", "orig_port", "resp", "resp_port", "flipped", "start_ns", "last_ns",
         "half", "history", "syn_seen", "syn_frame", "first_close", "fins", "rst", "vni", "closed_at",
-        "held", "held_dir", "held_until", "hold_expired", "rst_wait", "rst_until",
+        "held", "held_dir", "held_until", "hold_expired", "rst_wait", "rst_until", "attempt",
     )
 
     def __init__(self, cid: int, pkt: Packet, flipped: bool) -> None:
@@ -155,6 +164,7 @@ class _Conn:
         self.held_dir = ORIG  # the direction they were sent in
         self.held_until = 0  # capture time at which they stop waiting
         self.hold_expired = 0  # holds whose bytes never came
+        self.attempt = False  # opened by a SYN, no handshake, no data, not closed yet (TcpTracker._attempts)
         # An RST in the window and what followed it, (direction, segment), until it is known
         # whether its receiver heeded it (see TcpTracker._rst_waits).
         self.rst_wait: list[tuple[int, Packet]] | None = None
@@ -231,7 +241,9 @@ class TcpTracker:
         self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
         self._rst_waiting: dict[int, _Conn] = {}  # id -> connection whose RST waits for a verdict
         self._releasing = False
+        self._attempts: dict[int, _Conn] = {}  # id -> connection attempt (see _Conn.attempt), oldest first
         self.connections_seen = 0
+        self.attempts_expired = 0  # attempts summarised early: quiet HALF_OPEN_NS, or beyond MAX_HALF_OPEN
 
     @property
     def open_connections(self) -> int:
@@ -256,6 +268,8 @@ class TcpTracker:
         if (conn.rst_wait is not None or pkt.flags & TH_RST) and self._rst_waits(conn, direction, pkt):
             return
         self._segment(conn, direction, pkt)
+        if conn.attempt:
+            self._attempt_moved(conn)
         if conn.closed_at is not None and conn.half[ORIG].fin_acked and conn.half[RESP].fin_acked:
             # both FINs acknowledged: nothing more is due, so release it now rather than after
             # LINGER_NS (at thousands of connections a second that window is most of the memory)
@@ -289,7 +303,40 @@ class TcpTracker:
         self._by_tuple[fwd] = (conn, ORIG)
         self._by_tuple[rev] = (conn, RESP)
         self.listener.on_open(conn.id, conn.flow, pkt.ts_ns)
+        if pkt.flags & TH_SYN and not pkt.flags & (TH_FIN | TH_RST) and not pkt.payload and not pkt.missing:
+            conn.attempt = True
+            self._attempts[conn.id] = conn
+            if len(self._attempts) > MAX_HALF_OPEN:  # a SYN flood or a scan: the oldest attempt is over
+                self._expire_attempt(next(iter(self._attempts.values())))
         return conn, RESP if conn.flipped else ORIG
+
+    # -- connection attempts: bounded however many SYNs come --------------------------------------
+
+    def _attempt_moved(self, conn: _Conn) -> None:
+        """Still a mere attempt after this segment? Else it leaves the attempts (handshake, data, close)."""
+        o, r = conn.half
+        if (conn.closed_at is None and o.max_off == 0 and r.max_off == 0 and o.state != ESTABLISHED
+                and r.state != ESTABLISHED and not o.buffer and not r.buffer):
+            del self._attempts[conn.id]  # to the end: the attempts stay in the order of their last segment
+            self._attempts[conn.id] = conn
+            return
+        conn.attempt = False
+        self._attempts.pop(conn.id, None)
+
+    def _expire_attempt(self, conn: _Conn) -> None:
+        """Summarise an attempt now, as the capture's end would: a later segment of it opens a new one."""
+        conn.attempt = False
+        self._attempts.pop(conn.id, None)
+        self.attempts_expired += 1
+        self._finalize(conn, "eof", conn.last_ns, 0)
+
+    def _expire_attempts(self, now_ns: int) -> None:
+        attempts = self._attempts  # in the order of their last segment
+        while attempts:
+            conn = next(iter(attempts.values()))
+            if now_ns - conn.last_ns < HALF_OPEN_NS:
+                return
+            self._expire_attempt(conn)
 
     @staticmethod
     def _guess_flipped(pkt: Packet) -> bool:
@@ -459,9 +506,16 @@ class TcpTracker:
                 held.append(pkt)  # the rest of the direction queues behind, in order
                 return True
         flags = pkt.flags
-        if (flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST))
-                or peer.ended or acked > HOLD_MAX_AHEAD or conn.hold_expired >= HOLD_GIVE_UP):
+        if flags & TH_SYN or not (pkt.payload or pkt.missing or flags & (TH_FIN | TH_RST)) or peer.ended:
             return False  # a pure ACK waits for nothing; the existing hole logic covers it
+        if acked > HOLD_MAX_AHEAD and not flags & TH_RST:  # an RST's ACK is no evidence (RFC 5961)
+            # too far ahead to be a reordering: the acknowledged bytes are lost (a sequence hole).
+            # They become a gap now, before this segment, so what follows the hole keeps its order
+            # (a response must not reach the HTTP stage before the gap that holds its request)
+            self._skip_acknowledged(conn, 1 - direction, peer, pkt)
+            return False
+        if conn.hold_expired >= HOLD_GIVE_UP:
+            return False
         self._set_held(conn, direction, [pkt])
         return True
 
@@ -740,6 +794,8 @@ class TcpTracker:
 
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
+        if self._attempts:
+            self._expire_attempts(now_ns)
         for conn in [c for c in self._rst_waiting.values() if c.rst_until <= now_ns]:
             self._rst_verdict(conn, heeded=True)
         for conn in self._rst_waiting.values():
@@ -772,6 +828,9 @@ class TcpTracker:
         # Mark it closed before ending its streams: ending a stream can drain a buffered FIN
         # (_maybe_end), which would otherwise put the connection back in the linger set for
         # the sweep to finalize a second time. The linger entry goes after the streams end.
+        if conn.attempt:
+            conn.attempt = False
+            self._attempts.pop(conn.id, None)
         if conn.rst_wait is not None:  # no verdict came: the RST ended the connection
             self._rst_verdict(conn, heeded=True)
         if conn.held is not None:  # before anything ends: held segments still belong to the streams
