@@ -29,12 +29,11 @@ Anomalies: each worker sends the first ``keep_per_name`` of each name it meets (
 the first of the merged stream, which are among them) and its counts at the end; the parent
 keeps the first of each name in key order and sums the counts.
 
-Known difference from one job (not met by any sample capture): one job's tracker sweeps early
-for a connection whose segments are held back (``tcp.HOLD_NS`` after the hold); that extra sweep
-also closes the lingering connections of other shards and moves the next sweep. A worker does not
-see other shards' holds, so around a reordered-across-directions hold, a connection closed 1-2 s
-earlier may be summarised a few packets later than one job does, and a stray non-SYN segment of
-it in that window joins it instead of opening a new connection.
+Timers: a connection's holds and RST waits touch only that connection (``TcpTracker.tick``), so
+a shard sees them as one job does. Known differences from one job: the linger walk of a worker stops
+at its own first connection not yet due, which differs only when a FIN delivered late (behind a
+hole) closes a connection with an older time than one closed before it; the attempt budget
+(``tcp.MAX_HALF_OPEN``) is per worker.
 
 Back-pressure: records cross in pickled batches of ``BATCH`` over one pipe per worker; a worker
 blocks on its pipe when the parent has not taken the previous batch, so none runs more than
@@ -176,8 +175,9 @@ class _ShardStage(pipeline._HttpStage):
 class _ShardTracker(TcpTracker):
     """TcpTracker on one shard, sweeping when one job's tracker sweeps, its records keyed.
 
-    One job sweeps (closed connections summarised, expired holds released) at the first packet
-    past ``_next_sweep``, whoever's it is: ``tick`` does that for the packets of other shards.
+    One job sweeps (closed connections summarised, attempts expired) at the first packet past
+    ``_next_sweep``, whoever's it is, and runs a connection's own timers (holds, RST waits) at the
+    first packet past them: ``tick`` does both for the packets of other shards.
     The overrides note the key each connection entered ``_holding`` / ``_lingering`` with, the
     order one job's sweep walks them in.
     """
@@ -190,14 +190,10 @@ class _ShardTracker(TcpTracker):
         self._linger_keys: dict[int, tuple] = {}
 
     def tick(self, ts_ns: int) -> None:
-        if ts_ns >= self._next_sweep:
-            self._sweep(ts_ns)
-
-    def _sweep(self, now_ns: int) -> None:
         out = self.out
         phase, out.phase = out.phase, SWEEP
         try:
-            super()._sweep(now_ns)
+            super().tick(ts_ns)
         finally:
             out.phase = phase
 

@@ -237,7 +237,8 @@ class TcpTracker:
         self._by_tuple: dict[tuple, tuple[_Conn, int]] = {}
         self._lingering: dict[int, _Conn] = {}  # id -> closed connection, oldest first
         self._next_id = 1
-        self._next_sweep = 0
+        self._next_sweep = 0  # the cadence: closed connections summarised, attempts expired, once a second
+        self._next_timer = 1 << 62  # the earliest hold or RST wait due: only its own connection is touched
         self._holding: dict[int, _Conn] = {}  # id -> connection with held segments
         self._rst_waiting: dict[int, _Conn] = {}  # id -> connection whose RST waits for a verdict
         self._releasing = False
@@ -274,8 +275,16 @@ class TcpTracker:
             # both FINs acknowledged: nothing more is due, so release it now rather than after
             # LINGER_NS (at thousands of connections a second that window is most of the memory)
             self._finalize(conn, "eof", ts, pkt.frame)
-        if ts >= self._next_sweep:
-            self._sweep(ts)
+        self.tick(ts)
+
+    def tick(self, ts_ns: int) -> None:
+        """Time moved on to ``ts_ns``: run what is due. A connection's own timers (holds, RST waits) never
+        move the cadence, so what happens to one connection does not depend on the others
+        (``--jobs`` trackers see only their shard, and tick on the packets of the rest)."""
+        if ts_ns >= self._next_timer:
+            self._timers(ts_ns)
+        if ts_ns >= self._next_sweep:
+            self._sweep(ts_ns)
 
     def finish(self) -> None:
         """Capture end: every connection still tracked is summarised as it stands."""
@@ -443,7 +452,7 @@ class TcpTracker:
                 return False  # no wait: _segment drops it (_outside_window)
             conn.rst_wait, conn.rst_until = [(direction, pkt)], pkt.ts_ns + RST_WAIT_NS
             self._rst_waiting[conn.id] = conn
-            self._next_sweep = min(self._next_sweep, conn.rst_until)
+            self._next_timer = min(self._next_timer, conn.rst_until)
             return True
         rst = wait[0][1]
         if pkt.ts_ns > conn.rst_until or len(wait) >= RST_WAIT_SEGMENTS:
@@ -524,8 +533,7 @@ class TcpTracker:
             conn.held, conn.held_dir = held, direction
             conn.held_until = held[0].ts_ns + HOLD_NS
             self._holding[conn.id] = conn
-            if conn.held_until < self._next_sweep:  # the sweep doubles as the hold timer
-                self._next_sweep = conn.held_until
+            self._next_timer = min(self._next_timer, conn.held_until)
         else:
             conn.held = None
             self._holding.pop(conn.id, None)
@@ -792,20 +800,19 @@ class TcpTracker:
         conn.closed_at = ts_ns
         self._lingering[conn.id] = conn
 
+    def _timers(self, now_ns: int) -> None:
+        """RST waits and holds that are due."""
+        for conn in [c for c in self._rst_waiting.values() if c.rst_until <= now_ns]:
+            self._rst_verdict(conn, heeded=True)
+        for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
+            self._release(conn, expired=True)
+        due = [c.rst_until for c in self._rst_waiting.values()] + [c.held_until for c in self._holding.values()]
+        self._next_timer = min(due, default=1 << 62)
+
     def _sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + 1_000_000_000
         if self._attempts:
             self._expire_attempts(now_ns)
-        for conn in [c for c in self._rst_waiting.values() if c.rst_until <= now_ns]:
-            self._rst_verdict(conn, heeded=True)
-        for conn in self._rst_waiting.values():
-            self._next_sweep = min(self._next_sweep, conn.rst_until)
-        if self._holding:
-            for conn in [c for c in self._holding.values() if c.held_until <= now_ns]:
-                self._release(conn, expired=True)
-            for conn in self._holding.values():
-                if conn.held_until < self._next_sweep:
-                    self._next_sweep = conn.held_until
         while self._lingering:
             conn = next(iter(self._lingering.values()))
             if now_ns - conn.closed_at < LINGER_NS:
