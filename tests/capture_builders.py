@@ -194,6 +194,32 @@ def gre(
     return out + inner
 
 
+def gtp_u(inner_ip: bytes, *, teid: int = 0x1234, sequence: int | None = None,
+          extensions: tuple[bytes, ...] = (), message: int = 255) -> bytes:
+    """GTP-U v1 (3GPP TS 29.281) over UDP 2152's payload: optional fields when a sequence number or
+    extension headers (each given without its length byte and next-type byte) are present."""
+    flags = 0x30 | (0x02 if sequence is not None else 0) | (0x04 if extensions else 0)
+    body = b""
+    if flags & 0x06:
+        body += struct.pack("!HBB", sequence or 0, 0, 0x85 if extensions else 0)  # seq, N-PDU, next type
+        for n, ext in enumerate(extensions):
+            ext += b"\x00" * (-(len(ext) + 2) % 4)
+            nxt = 0x85 if n + 1 < len(extensions) else 0
+            body += bytes([(len(ext) + 2) // 4]) + ext + bytes([nxt])
+    body += inner_ip
+    return struct.pack("!BBHI", flags, message, len(body), teid) + body
+
+
+def pppoe(inner_ip: bytes, *, protocol: int = 0x0021, session: int = 7) -> bytes:
+    """An RFC 2516 session-stage frame's payload (Ethernet type 0x8864)."""
+    return struct.pack("!BBHHH", 0x11, 0, session, len(inner_ip) + 2, protocol) + inner_ip
+
+
+def cisco_hdlc(inner: bytes, *, protocol: int = 0x0800) -> bytes:
+    """A frame of link type 104: unicast address, control 0, an Ethernet type."""
+    return struct.pack("!BBH", 0x0F, 0, protocol) + inner
+
+
 def erspan_ii(inner_frame: bytes, *, session: int = 1) -> bytes:
     header = struct.pack("!HHI", 1 << 12 | 10, session, 0)  # version 1 (type II), VLAN 10
     return gre(header + inner_frame, protocol=0x88BE, sequence=1)

@@ -43,14 +43,17 @@ from .capture_builders import (
     block,
     epb,
     erspan_ii,
+    cisco_hdlc,
     erspan_iii,
     ethernet,
     geneve,
+    gtp_u,
     geneve_option,
     gre,
     idb,
     ipv4,
     ipv6,
+    pppoe,
     ipv6_ah,
     ipv6_fragment_header,
     ipv6_option_header,
@@ -523,9 +526,14 @@ def outer(payload: bytes, proto: int) -> bytes:
         (outer(udp(gre(INNER_IP), dport=4754), 17), None, {"gre-in-udp": 1}),
         (outer(INNER_IP, 4), None, {"ip-in-ip": 1}),
         (outer(gre(vxlan_frame(INNER, vni=3), protocol=0x6558), 47), 3, {"gre": 1, "vxlan vni=3": 1}),
+        (outer(udp(gtp_u(INNER_IP), dport=2152), 17), None, {"gtp-u": 1}),
+        (outer(udp(gtp_u(INNER_IP, sequence=9, extensions=(b"\x01\x02", b"\x09" * 7)), dport=2152), 17), None,
+         {"gtp-u": 1}),
+        (ethernet(pppoe(INNER_IP), ethertype=0x8864), None, {"pppoe": 1}),
     ],
     ids=["vxlan", "vxlan-no-I", "geneve-options", "geneve-ip", "gre", "gre-key-seq-csum-eth", "erspan-ii",
-         "erspan-iii", "erspan-iii-platform", "erspan-i", "gre-in-udp", "ipip", "vxlan-in-gre"],
+         "erspan-iii", "erspan-iii-platform", "erspan-i", "gre-in-udp", "ipip", "vxlan-in-gre", "gtp-u",
+         "gtp-u-extensions", "pppoe"],
 )  # fmt: skip
 def test_tunnels_yield_the_innermost_segment(
     tmp_path: Path, frame: bytes, vni: int | None, tunnels: dict[str, int]
@@ -535,6 +543,20 @@ def test_tunnels_yield_the_innermost_segment(
         (format_addr(p.src), p.sport, format_addr(p.dst), p.dport, p.payload, p.vni) for p in packets
     ] == [("192.168.1.10", 41000, "192.168.1.20", 8080, REQUEST, vni)]
     assert stats.tunnels == Counter(tunnels)
+
+
+def test_cisco_hdlc_link_and_what_is_not_ip_in_the_new_encapsulations(tmp_path: Path) -> None:
+    """Cisco HDLC (link type 104) carries IP; its SLARP keep-alives, PPPoE's LCP and GTP-U's echo
+    messages are the links' own talk: skipped as not IP (or UDP), never an anomaly."""
+    packets, _, _ = run(pcap([cisco_hdlc(INNER_IP)], linktype=104), tmp_path)
+    assert [(p.dport, p.payload) for p in packets] == [(8080, REQUEST)]
+    for frame, linktype, reason in [
+        (cisco_hdlc(b"\x00" * 20, protocol=0x8035), 104, "arp"),  # SLARP shares RARP's type
+        (ethernet(pppoe(b"\x01\x01\x00\x04", protocol=0xC021), ethertype=0x8864), 1, "not_ip"),
+        (outer(udp(gtp_u(b"", message=1), dport=2152), 17), 1, "udp"),
+    ]:
+        stats, log = skipped(frame, tmp_path, linktype)
+        assert (stats.skipped, log.counts) == (Counter({reason: 1}), Counter())
 
 
 def test_ipv6_in_ipv4_and_gre_carrying_ipv6(tmp_path: Path) -> None:

@@ -530,6 +530,24 @@ def test_a_blank_line_before_a_status_line_is_skipped(tmp_path):
 
 
 @capture
+def build_second_syn_ack_with_another_isn() -> Wire:
+    """A stray SYN-ACK with another ISN (a middlebox's, a stale retransmission of an earlier attempt)
+    after the handshake; the client acknowledges the first and the conversation goes on from it."""
+    w = handshake(Wire())
+    w.add(0.0025, S, 80, C, 40000, TH_SYN | TH_ACK, seq=900_000, ack=1001)
+    return _two_way(w, [GET], [OK])
+
+
+def test_a_second_syn_ack_with_another_isn_does_not_move_the_stream(tmp_path):
+    """The handshake the client completed set the server's stream; a SYN-ACK the client never
+    acknowledged does not restart it, so the answer is read whole. tshark re-bases the server's
+    stream on the second ISN and reports the request only: its answer is lost."""
+    txs, anomalies, (conn,) = analysed(build_second_syn_ack_with_another_isn(), tmp_path)
+    assert txs == [("GET", "/a", 200, "complete")] and not anomalies
+    assert conn.missed_bytes == 0
+
+
+@capture
 def build_fin_in_the_middle_of_a_head() -> Wire:
     """The client's head stops before its empty line, then FIN; the server answers 400 and closes."""
     head = b"GET /a HTTP/1.1\r\nHost: x\r\n"

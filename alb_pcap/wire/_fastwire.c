@@ -300,8 +300,8 @@ static int d_udp(Walker *w, const u8 *p, Py_ssize_t off, Py_ssize_t end, Frame *
         end = off + length;
     if (dport == 4789)
         return d_vxlan(w, p, off + 8, end, f);
-    if (dport == 6081 || dport == 4754)
-        return OUT_PYTHON; /* Geneve, GRE-in-UDP */
+    if (dport == 6081 || dport == 4754 || dport == 2152)
+        return OUT_PYTHON; /* Geneve, GRE-in-UDP, GTP-U */
     return skip(f, SKIP_UDP);
 }
 
@@ -396,7 +396,7 @@ static int d_ethertype(Walker *w, unsigned ethertype, const u8 *p, Py_ssize_t of
     case 0x0806:
     case 0x8035:
         return skip(f, SKIP_ARP);
-    case 0x8847: case 0x8848: case 0x6558: /* MPLS, bridged Ethernet */
+    case 0x8847: case 0x8848: case 0x6558: case 0x8864: /* MPLS, bridged Ethernet, PPPoE session */
         return OUT_PYTHON;
     default:
         return ethertype < 0x0600 ? OUT_PYTHON : skip(f, SKIP_NOT_IP);

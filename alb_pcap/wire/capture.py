@@ -136,6 +136,7 @@ LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
+LINKTYPE_C_HDLC = 104  # Cisco HDLC: routers' serial links, and what some of them mirror
 _LINK_NAMES = {
     LINKTYPE_NULL: "null",
     LINKTYPE_ETHERNET: "ethernet",
@@ -157,6 +158,8 @@ ETH_BRIDGED = 0x6558  # transparent Ethernet bridging (GRE, Geneve)
 ETH_MPLS = (0x8847, 0x8848)
 ETH_ERSPAN_1_2 = 0x88BE
 ETH_ERSPAN_3 = 0x22EB
+ETH_PPPOE_SESSION = 0x8864
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
 _VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200, 0x9300))
 
 IPPROTO_ICMP = 1
@@ -173,6 +176,7 @@ _IPV6_EXTENSIONS = frozenset((0, 43, IPPROTO_FRAGMENT, IPPROTO_AH, 60))  # hop-b
 VXLAN_PORT = 4789
 GENEVE_PORT = 6081
 GRE_IN_UDP_PORT = 4754
+GTP_U_PORT = 2152  # 3GPP TS 29.281: a mobile core's user plane
 
 # BSD AF_INET6 differs by OS: Linux 10, NetBSD/OpenBSD 24, FreeBSD 28, Darwin 30.
 _AF_INET = 2
@@ -1021,6 +1025,7 @@ class _Decoder:
             LINKTYPE_IPV4: self._ipv4,
             LINKTYPE_IPV6: self._ipv6,
             LINKTYPE_LINUX_SLL2: self._linux_sll2,
+            LINKTYPE_C_HDLC: self._cisco_hdlc,
         }
         # Per-frame state.
         self._frame = 0
@@ -1137,6 +1142,8 @@ class _Decoder:
             return self._mpls(buf, off, end)
         if ethertype == ETH_BRIDGED:
             return self._ethernet(buf, off, end)
+        if ethertype == ETH_PPPOE_SESSION:
+            return self._pppoe(buf, off, end)
         if ethertype in (ETH_ARP, ETH_RARP):
             raise _Skip(ARP)
         raise _Skip(NOT_IP)
@@ -1150,6 +1157,25 @@ class _Decoder:
             if bottom:
                 break
         return self._raw(buf, off, end)  # MPLS does not say what it carries: guess by version
+
+    def _pppoe(self, buf: bytes, off: int, end: int) -> Packet | None:
+        """RFC 2516 session stage: version/type, code, session id, length, then PPP's protocol field."""
+        if end - off < 8:
+            raise _Skip(TRUNCATED, "truncated_link_header", "PPPoE")
+        end = min(end, off + 6 + (buf[off + 4] << 8 | buf[off + 5]))
+        protocol = buf[off + 6] << 8 | buf[off + 7]
+        self._tunnel("pppoe")
+        if protocol == PPP_IPV4:
+            return self._ipv4(buf, off + 8, end)
+        if protocol == PPP_IPV6:
+            return self._ipv6(buf, off + 8, end)
+        raise _Skip(NOT_IP)  # LCP, IPCP, authentication: the session's own talk
+
+    def _cisco_hdlc(self, buf: bytes, off: int, end: int) -> Packet | None:
+        """Address, control, then an Ethernet type (0x8035 SLARP, the link's keep-alives, is no IP)."""
+        if end - off < 4:
+            raise _Skip(TRUNCATED, "truncated_link_header", "Cisco HDLC")
+        return self._ethertype(buf[off + 2] << 8 | buf[off + 3], buf, off + 4, end)
 
     def _raw(self, buf: bytes, off: int, end: int) -> Packet | None:
         if end <= off:
@@ -1419,7 +1445,34 @@ class _Decoder:
             return self._geneve(buf, off + 8, end)
         if dport == GRE_IN_UDP_PORT:
             return self._gre(buf, off + 8, end, "gre-in-udp")
+        if dport == GTP_U_PORT:
+            return self._gtp_u(buf, off + 8, end)
         raise _Skip(UDP)
+
+    def _gtp_u(self, buf: bytes, off: int, end: int) -> Packet | None:
+        """3GPP TS 29.281: flags, message type (255: a user's IP packet), length, TEID; 4 more bytes when
+        a sequence number, N-PDU number or extension header is flagged, then the extension headers,
+        each sized in 4-byte units by its first byte, the next one's type in its last."""
+        if end - off < 8:
+            raise _Skip(TRUNCATED, "truncated_header", "GTP-U header cut short")
+        flags, message = buf[off], buf[off + 1]
+        if flags >> 5 != 1:
+            raise _Skip(UNSUPPORTED_TUNNEL, "unknown_gtp_version", f"version {flags >> 5}")
+        if message != 255:
+            raise _Skip(UDP)  # echo, error indication, end marker: the tunnel's own signalling
+        end = min(end, off + 8 + (buf[off + 2] << 8 | buf[off + 3]))
+        start, off = off, off + 8
+        if flags & 0x07:
+            if end - off < 4:
+                raise _Skip(TRUNCATED, "truncated_header", "GTP-U optional fields cut short")
+            following, off = buf[off + 3], off + 4
+            while following and flags & 0x04:
+                if end - off < 4 or not buf[off]:
+                    raise _Skip(MALFORMED, "bad_gtp_extension", f"at byte {off - start} of the GTP-U header")
+                off += 4 * buf[off]
+                following = buf[off - 1] if off <= end else 0
+        self._tunnel("gtp-u")  # not by TEID: one per user bearer, thousands
+        return self._raw(buf, off, end)
 
     def _vxlan(self, buf: bytes, off: int, end: int) -> Packet | None:
         """RFC 7348: flags, 3 reserved bytes, 24-bit VNI (valid when the I flag is set), 1 reserved."""
