@@ -488,3 +488,19 @@ def test_a_reader_that_leaves_early_is_no_error():
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == b""
+
+
+def test_the_report_says_per_capture_what_was_not_read(tmp_path):
+    """Frames skipped for a reason that may hide HTTP (a UDP port, a link or tunnel not read) are named in
+    the answer, per capture; ARP and ICMP, which every capture has, are not."""
+    from .capture_builders import ethernet, ipv4, pcap, udp
+
+    def outer(payload: bytes) -> bytes:
+        return ethernet(ipv4(payload, proto=17, src="172.16.0.1", dst="172.16.0.9"))
+
+    odd = tmp_path / "odd.pcap"
+    odd.write_bytes(pcap([outer(udp(b"x" * 20, dport=53)), ethernet(b"\0" * 40, ethertype=0x88CC)]))
+    run = CliRunner().invoke(cli, ["analyze", str(odd)])
+    assert f"Not read in {odd}: 1 udp, 1 not_ip (of 2 frames" in run.output
+    run = CliRunner().invoke(cli, ["analyze", str(SAMPLES / "mixed-nginx.pcap")])  # 12 ARP frames skipped
+    assert "Not read" not in run.output

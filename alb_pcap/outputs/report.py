@@ -123,8 +123,25 @@ def answer(summary: Summary, result: DiagnosisResult, selection: Selection) -> R
         more = len(summary.anomalies.counts) - 4
         parts.append(Text(f"Capture anomalies: {seen}" + (f" and {more} more" if more > 0 else "")
                           + " (-v lists them).", style="dim"))
+    parts.extend(_not_read(summary))
     parts.append(_verdict(result))
     return Group(*parts)
+
+
+LINK_CHATTER = frozenset({"arp", "icmp"})
+"""Skipped frames no one misses; any other reason may be traffic the analysis never saw."""
+
+
+def _not_read(summary: Summary) -> list[Text]:
+    """Per capture, frames skipped for a reason that may hide HTTP (an unread link type, tunnel, UDP port)."""
+    lines = []
+    for c in summary.captures:
+        reasons = [(r, n) for r, n in c.skipped.most_common() if r not in LINK_CHATTER]
+        if reasons:
+            what = ", ".join(f"{n:,} {r}" for r, n in reasons)
+            lines.append(Text(f"Not read in {c.path}: {what} (of {c.frames:,} frames; -v has the counts).",
+                              style="yellow"))
+    return lines
 
 
 def _first(summary: Summary) -> int:
