@@ -204,12 +204,15 @@ ONE_SIDE_BLIND = {
 # - Apache answers its ProxyTimeout and a target's reset with the same 502 page: the client side alone,
 #   with no proxy timer seen elsewhere in the capture, cannot tell a gateway timeout from a reset.
 # - The target side alone sees the proxy give up after 1.0 s: with no other timer in the capture, a client
-#   that left (the proxy cancelled) and the proxy's own timeout look alike.
+#   that left (the proxy cancelled) and the proxy's own timeout look alike. Which one is named then hangs on
+#   whether the proxy's close came just before or just after a round second (two nginx runs of one design
+#   gave 0.998 s and 1.001 s), so either kind is accepted there.
 ONE_SIDE_AMBIGUOUS = {
     ("slow-target-504-apache", "front"): ("gateway_timeout", "target_reset"),
     ("slow-target-504-apache-noxff", "front"): ("gateway_timeout", "target_reset"),
     ("client-abort-caddy", "back"): ("client_abort", "gateway_timeout"),
     ("client-abort-caddy-noxff", "back"): ("client_abort", "gateway_timeout"),
+    ("client-abort-nginx", "back"): ("client_abort", "gateway_timeout"),
     ("client-abort-nginx-noxff", "back"): ("client_abort", "gateway_timeout"),
 }
 
@@ -223,12 +226,16 @@ def one_side_run(path):
     """
     stem, side = path.name.split(".")[:2]
     doc = one_side(expected(path), side)
+    proxies = (doc["topology"]["proxy_back"],) if side == "back" and stem.endswith("-noxff") else ()
+    found = diagnose(path, proxies=proxies)
     swap = ONE_SIDE_AMBIGUOUS.get((stem, side))
-    for f in doc["findings"] if swap else ():
+    if swap is None:
+        return score(found, doc)
+    swapped = copy.deepcopy(doc)
+    for f in swapped["findings"]:
         if f["kind"] == swap[0]:
             f["kind"], f["side"] = swap[1], "client" if swap[1] == "client_abort" else "target"
-    proxies = (doc["topology"]["proxy_back"],) if side == "back" and stem.endswith("-noxff") else ()
-    return score(diagnose(path, proxies=proxies), doc)
+    return max(score(found, doc), score(found, swapped), key=lambda s: s.matched)
 
 
 @pytest.mark.parametrize("side", ["front", "back"])

@@ -399,3 +399,28 @@ def test_shipped_access_logs_explain_and_are_explained(name):
         logged = any(r["client"] == client and r["request_ts"] - 0.1 <= want["ts"] <= r["end_ts"] + 0.1
                      for r in truth["proxy_log"])
         assert (hit in report.finding_lines) == logged, (want["kind"], want["ts"])
+
+
+SHIPPED_ERROR_LOGS = sorted(p.name[: -len(".error.log")] for p in SAMPLES.glob("*.error.log"))
+
+
+def _failed_attempts(record: dict) -> int:
+    """Upstream attempts nginx gave up on (``$upstream_status`` ``502, 200`` is a raced GET it retried)."""
+    return sum(s.strip() in ("502", "504") for s in str(record.get("upstream_status") or "").split(","))
+
+
+@pytest.mark.parametrize("name", SHIPPED_ERROR_LOGS)
+def test_shipped_error_logs_are_explained(name):
+    """nginx's own error.log of each lab run (``<name>.error.log``, cut to nginx's default level ``error``):
+    every line parses, there is one per upstream attempt nginx gave up on (the access log's
+    ``$upstream_status``), and each is explained by a finding on its client's connection, the raced GET nginx
+    retried invisibly (a 200 to the client) included."""
+    assert SHIPPED_ERROR_LOGS, "the nginx samples ship their error.log"
+    truth = json.loads((SAMPLES / f"{name}.expected.json").read_text())
+    path = SAMPLES / f"{name}.error.log"
+    result, report = analyse([SAMPLES / f"{name}.pcap"], [path])
+    lines = path.read_text().splitlines()
+    assert report.unparsed == 0 and report.parsed == len(lines)
+    assert len(lines) == sum(_failed_attempts(r) for r in truth["proxy_log"])
+    assert _explained_on_its_connection(result, report) == len(lines)
+    assert all(j.record.format == "nginx_error" for j in report.lines)

@@ -187,6 +187,9 @@ def _write_outputs(scenario: Scenario, stem: str, run_dir: Path, out_dir: Path,
     access_log = stdlogs.standard_access_log(truth.get("proxy", ""), truth.get("proxy_log", []))
     if access_log is not None:  # for analyze --log: the same requests in the proxy's standard format
         (out_dir / f"{stem}.access.log").write_text(access_log)
+    error_log = run_dir / "proxy-error.log"
+    if truth.get("proxy") == "nginx" and error_log.exists():
+        (out_dir / f"{stem}.error.log").write_text(stdlogs.error_level_lines(error_log.read_text()))
     return RunResult(capture, expected_path, truth, expected.missing(scenario, truth))
 
 

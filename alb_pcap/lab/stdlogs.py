@@ -4,7 +4,7 @@
 The lab's proxies log key=value (HAProxy) and JSON (nginx) lines with more fields than the standard
 formats, for ground truth (``proxies.py``); these functions render each of those records as the standard
 line carrying the same values, so ``alb-pcap analyze --log`` can be tried on every lab run. Apache and
-Caddy have none here (None).
+Caddy have none here (None). nginx's own error.log ships as written, cut to its default level.
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ def nginx_upstream_line(r: dict[str, Any]) -> str:
     return (f"{ip} - - [{end.strftime('%d/%b/%Y:%H:%M:%S +0000')}] \"{r['request']}\" {r['status']} 0 \"-\" "
             f"\"-\" {value(r.get('upstream_addr'))} {value(r.get('upstream_status'))} "
             f"{value(r.get('upstream_header_time'))} {r['request_time']:.3f} {port} {r['ts']:.3f}")
+
+
+# nginx's default error_log level is `error`: what a user's error.log holds. The lab logs at `info`
+# for its own ground truth (the client-closed lines), which would be noise a user never sees.
+ERROR_LEVELS = ("[error]", "[crit]", "[alert]", "[emerg]")
+
+
+def error_level_lines(text: str) -> str:
+    """An nginx error.log written at `info`, cut to what the default level `error` would have written."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if any(level in line[:40] for level in ERROR_LEVELS))
 
 
 STANDARD = {"haproxy": httplog_line, "nginx": nginx_upstream_line}
