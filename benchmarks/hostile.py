@@ -35,6 +35,7 @@ from tests import hostile  # noqa: E402
 CASES = {
     "syn_flood": lambda k: hostile.syn_flood(200_000 * k),
     "port_scan": lambda k: hostile.syn_flood(200_000 * k, scan=True),
+    "slowloris": lambda k: hostile.slowloris(100_000 * k),
     "pipelined": lambda k: hostile.pipelined(100_000 * k),
     "hole_1k": lambda k: hostile.sequence_hole(1024, before=1000 * k, after=1000 * k),
     "hole_1g": lambda k: hostile.sequence_hole(1 << 30, before=1000 * k, after=1000 * k),

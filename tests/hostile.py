@@ -106,6 +106,27 @@ def pipelined(n: int, *, gap_ns: int = 10_000) -> Iterator[Frame]:
     yield _seg(ts + 2 * MS, CLIENT, 40000, PROXY, PORT, TH_ACK, (seq + 1) % (1 << 32), s + 2)
 
 
+def slowloris(n: int, *, gap_ns: int = 10_000, healthy: int = 3) -> Iterator[Frame]:
+    """``n`` connections opened (full handshake) that each send part of a request head and then nothing
+    (slowloris), ``gap_ns`` apart, from ``flood_source(i)``, none closed, among ``healthy`` exchanges."""
+    ts = T0_NS
+    for k in range(healthy):
+        yield from exchange(ts, CLIENT, 30000 + k)
+        ts += 10 * MS
+    part = b"GET /slow HTTP/1.1\r\nHost: example\r\nX-a: "
+    for i in range(n):
+        src, sport = flood_source(i)
+        c, s = 7000 + i, 9000 + i
+        yield _seg(ts, src, sport, PROXY, PORT, TH_SYN, c, 0)
+        yield _seg(ts + 1000, PROXY, PORT, src, sport, TH_SYN | TH_ACK, s, c + 1)
+        yield _seg(ts + 2000, src, sport, PROXY, PORT, TH_ACK | TH_PUSH, c + 1, s + 1, part)
+        yield _seg(ts + 3000, PROXY, PORT, src, sport, TH_ACK, s + 1, c + 1 + len(part))
+        ts += gap_ns
+    for k in range(healthy):
+        ts += 10 * MS
+        yield from exchange(ts, CLIENT, 31000 + k)
+
+
 def sequence_hole(jump: int, *, before: int = 3, after: int = 3, answered: bool = True) -> Iterator[Frame]:
     """``before`` request/response pairs, a client sequence hole of ``jump`` bytes, ``after`` more pairs.
 

@@ -157,6 +157,64 @@ def test_no_http_parser_for_a_connection_that_never_carried_data():
     assert stage.summary.anomalies.counts == {"unmatched_HTTP_reply": 1}
 
 
+# -- established connections: slowloris, connection floods, the long quiet ------------------------
+
+
+def test_a_slowloris_is_bounded_by_the_connection_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(tcp, "MAX_OPEN", 400)
+    n = 2000
+    seen = []
+    feed = tcp.TcpTracker.feed
+
+    def watching(self, pkt):
+        feed(self, pkt)
+        seen.append(self.open_connections)
+
+    monkeypatch.setattr(tcp.TcpTracker, "feed", watching)
+    summary, result, _ = _diagnose(_write(tmp_path, "slowloris", hostile.slowloris(n)))
+    assert max(seen) <= 400 + 1  # the new one is counted before the eighth goes
+    assert summary.connections == n + 6 and summary.anomalies.counts["HTTP_truncated_head"] == n
+    expired = summary.expired_connections
+    assert expired == summary.anomalies.counts["connection_expired"] and n - 400 <= expired < n
+    first = next(a for a in summary.anomalies.kept if a.name == "connection_expired")
+    assert "over 400 connections tracked" in first.detail and first.flow.startswith("10.100.0.0:")
+    assert summary.statuses == {"200": 6, "none": n}  # the healthy exchanges around the flood, untouched
+
+
+def test_a_slowloris_keeps_a_bounded_number_of_transactions_and_the_same_findings(tmp_path, monkeypatch):
+    """Each slowloris connection leaves one request nothing answered or cut: kept to the capture's end, up to
+    ``MAX_UNCUT_KEPT``; the rest are counted. No finding comes of them either way."""
+    from alb_pcap.diagnosis import correlate
+
+    path = _write(tmp_path, "slowloris", hostile.slowloris(1000))
+    _, unbounded, _ = _diagnose(path)
+    monkeypatch.setattr(correlate, "MAX_UNCUT_KEPT", 100)
+    _, bounded, _ = _diagnose(path)
+    assert len(unbounded.transactions) == 1000 and unbounded.counts.unanswered_not_kept == 0
+    assert len(bounded.transactions) == 100 and bounded.counts.unanswered_not_kept == 900
+    assert bounded.finding_counts == unbounded.finding_counts and bounded.verdict == unbounded.verdict
+
+
+def test_a_connection_quiet_for_two_hours_is_summarised_and_picked_up_again():
+    sink = _Closed()
+    tracker = tcp.TcpTracker(sink, AnomalyLog())
+    t0, sec = hostile.T0_NS, 1_000_000_000
+    for frame, (ts, src, sport, dst, dport, flags, seq, ack) in enumerate([
+        (t0, "10.2.0.1", 40001, "10.1.0.10", 80, TH_SYN, 1000, 0),
+        (t0 + 1000, "10.1.0.10", 80, "10.2.0.1", 40001, TH_SYN | TH_ACK, 5000, 1001),
+        (t0 + 2000, "10.2.0.1", 40001, "10.1.0.10", 80, TH_ACK, 1001, 5001),
+    ], 1):
+        tracker.feed(_syn(frame, ts, src, sport, dst, dport, flags, seq=seq, ack=ack))
+    tracker.feed(_syn(4, t0 + tcp.IDLE_EXPIRE_NS - 60 * sec, "10.2.0.9", 40009))  # still within 2 h
+    assert sink.connections == [] and tracker.connections_expired == 0
+    tracker.feed(_syn(5, t0 + tcp.IDLE_EXPIRE_NS + 61 * sec, "10.2.0.9", 40010))
+    assert [c.flow for c in sink.connections] == ["10.2.0.1:40001->10.1.0.10:80"]
+    assert tracker.connections_expired == 1 and sink.connections[0].end_ns == t0 + 2000
+    tracker.feed(_syn(6, t0 + tcp.IDLE_EXPIRE_NS + 62 * sec, "10.2.0.1", 40001, flags=TH_ACK, seq=1001, ack=5001))
+    tracker.finish()
+    assert [c.flow for c in sink.connections].count("10.2.0.1:40001->10.1.0.10:80") == 2  # picked up anew
+
+
 # -- pipelining floods -----------------------------------------------------------------------------
 
 

@@ -95,7 +95,8 @@ class Counts:
     """Front exchanges that caused more than one back exchange."""
     unanswered_not_kept: int = 0
     """Unanswered exchanges beyond ``diagnose.MAX_FAILING_PER_CONN`` on one connection that no close could
-    cut (not its last): counted, neither paired nor kept (a pipelining flood). Set by the diagnosis."""
+    cut (not its last): counted, neither paired nor kept (a pipelining flood); and transactions nothing
+    answered or cut beyond ``MAX_UNCUT_KEPT`` (a slowloris)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class Correlator:
         self._settling: dict[int, _Tx] = {}  # client connection -> its last healthy transaction
         self._next_sweep = 0
         self._kept: list[_Tx] = []
+        self._uncut_kept = 0  # of them, those nothing answered or cut when closed (MAX_UNCUT_KEPT)
         self._counts: dict[str, int] = dict.fromkeys(Counts.__dataclass_fields__, 0)
 
     # -- input ----------------------------------------------------------------
@@ -378,12 +380,22 @@ class Correlator:
         tx.done = True
         self._count(tx)
         refs = ([tx.front] if tx.front else []) + tx.backs
-        if any(r.interesting or r.key in self._cuts for r in refs):
+        cut = any(r.key in self._cuts for r in refs)
+        if cut or any(r.interesting for r in refs):
+            if not cut and all(r.status is None for r in refs):
+                if self._uncut_kept >= MAX_UNCUT_KEPT:
+                    self._counts["unanswered_not_kept"] += 1
+                    self._forget(refs)
+                    return
+                self._uncut_kept += 1
             self._kept.append(tx)
             for r in refs:
                 self._where[r.key] = tx
             return
         self._counts["healthy_dropped"] += 1
+        self._forget(refs)
+
+    def _forget(self, refs: list[ExchangeRef]) -> None:
         for r in refs:
             self._where.pop(r.key, None)
 
@@ -406,6 +418,10 @@ class Correlator:
         return Transaction(leg(tx.front) if tx.front else None, backs, tx.paired_by)
 
 
+MAX_UNCUT_KEPT = 20_000
+"""Transactions kept that nothing answered and no close has cut (yet): a slowloris leaves one per connection
+until the capture ends. Beyond this many, such a transaction is counted (``unanswered_not_kept``) and dropped;
+a close that cuts it later finds nothing to cut."""
 MAX_CANDIDATES = 64
 """Pending exchanges looked at per key, newest first: the pair is nearly always the newest."""
 MAX_PER_KEY = 4 * MAX_CANDIDATES

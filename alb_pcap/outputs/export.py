@@ -149,6 +149,7 @@ class JsonExport:
                 "keepalive_probes": summary.keepalive_probes,
                 "cross_capture_duplicates": summary.cross_capture_duplicates,
                 "expired_attempts": summary.expired_attempts,
+                "expired_connections": summary.expired_connections,
                 "anomalies": dict(summary.anomalies.counts.most_common()),
             },
             "anomalies": [anomaly_dict(a) for a in summary.anomalies.kept],

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -1203,13 +1202,13 @@ class _ResponseReader(_Reader):
     def _finished(self, tx: _Tx) -> None:
         awaiting = self.conn._awaiting
         if awaiting and awaiting[0] is tx:
-            awaiting.popleft()
+            awaiting.pop(0)
 
     def _lost_head(self) -> None:
         # The hole swallowed (the start of) the answer to the oldest request.
         awaiting = self.conn._awaiting
         if self._cut_head("gap") is None and awaiting:
-            tx = awaiting.popleft()
+            tx = awaiting.pop(0)
             tx.cut("gap")
             tx.done[RESP] = True
 
@@ -1241,8 +1240,10 @@ class HttpConnection:
         self.conn_id = conn_id
         self.anomalies = anomalies
         self.flow = flow
-        self._txs: deque[_Tx] = deque()  # every exchange not handed out yet, in order
-        self._awaiting: deque[_Tx] = deque()  # requests whose final answer has not begun
+        # Lists, not deques: they stay short (MAX_PENDING), and an empty deque costs 600 bytes on
+        # each of the tens of thousands of idle connections a capture (or an attacker) can hold.
+        self._txs: list[_Tx] = []  # every exchange not handed out yet, in order
+        self._awaiting: list[_Tx] = []  # requests whose final answer has not begun
         self._count = 0
         self._early: _Tx | None = None  # an answer that may have been captured before its request
         self._dropped = 0  # exchanges that were only a place kept for lost bytes (see exchanges())
@@ -1305,7 +1306,7 @@ class HttpConnection:
             return ()
         finished = []
         while txs and txs[0].done[ORIG] and txs[0].done[RESP]:
-            tx = txs.popleft()
+            tx = txs.pop(0)
             # A place kept for a request lost in a gap whose answer was lost too says
             # nothing: an exchange needs a request or a response. Later ones move up.
             if tx.method is None and tx.status is None:
@@ -1402,7 +1403,7 @@ class HttpConnection:
             return
         first, second = awaiting[0].start_ns[ORIG], awaiting[1].start_ns[ORIG]
         if first is not None and second is not None and first <= since < second:
-            tx = awaiting.popleft()
+            tx = awaiting.pop(0)
             tx.cut("gap")
             tx.done[RESP] = True
             self._readers[RESP]._warn("HTTP_response_start_missing",

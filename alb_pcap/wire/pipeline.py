@@ -56,6 +56,7 @@ class Summary:
     peak_open_connections: int = 0
     cross_capture_duplicates: int = 0  # the same segment in two of the captures given together
     expired_attempts: int = 0  # connection attempts summarised early (tcp.MAX_HALF_OPEN, HALF_OPEN_NS)
+    expired_connections: int = 0  # established ones summarised early (tcp.MAX_OPEN, IDLE_EXPIRE_NS)
     clock_offsets_ns: list[int] = field(default_factory=list)
     """Per capture, how far its clock was ahead of the first capture's (subtracted; ``clocks.py``)."""
 
@@ -234,6 +235,7 @@ def analyze(paths: list[str | os.PathLike], sinks: list[Sink] = (),
             summary.peak_open_connections = max(summary.peak_open_connections, tracker.open_connections)
             tracker.finish()
             summary.expired_attempts = tracker.attempts_expired
+            summary.expired_connections = tracker.connections_expired
         except Exception as exc:  # a bug: say where, for the one-line report and a reproducer
             if len(captures) == 1:  # the frame being read, in the capture stage or after it
                 frame = None if reading is False else captures[0].stats.frames

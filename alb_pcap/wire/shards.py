@@ -33,7 +33,7 @@ Timers: a connection's holds and RST waits touch only that connection (``TcpTrac
 a shard sees them as one job does. Known differences from one job: the linger walk of a worker stops
 at its own first connection not yet due, which differs only when a FIN delivered late (behind a
 hole) closes a connection with an older time than one closed before it; the attempt budget
-(``tcp.MAX_HALF_OPEN``) is per worker.
+(``tcp.MAX_HALF_OPEN``) and the connection budget (``tcp.MAX_OPEN``) are per worker.
 
 Back-pressure: records cross in pickled batches of ``BATCH`` over one pipe per worker; a worker
 blocks on its pipe when the parent has not taken the previous batch, so none runs more than
@@ -278,7 +278,8 @@ def _work(paths: list[str], offsets: list[int], jobs: int, k: int, out: _Outbox)
             return
         out.p, out.phase, out.sub = count, LAST, ()
         out.put("end", (dict(log.counts), [c.stats for c in captures] if k == 0 else None,
-                        summary.cross_capture_duplicates, tracker.attempts_expired))
+                        summary.cross_capture_duplicates, tracker.attempts_expired,
+                        tracker.connections_expired))
     finally:
         for c in captures:
             c.close()
@@ -429,9 +430,10 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
                 if progress and not b:
                     progress(key[0] + 1)
         elif kind == "end":
-            counts, stats, cross, expired = a
+            counts, stats, cross, expired, expired_connections = a
             totals.update(counts)
             summary.expired_attempts += expired
+            summary.expired_connections += expired_connections
             if stats is not None:
                 summary.captures = stats
                 summary.cross_capture_duplicates = cross

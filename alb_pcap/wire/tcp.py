@@ -35,7 +35,10 @@ summarised as the capture's end would summarise it once it has been quiet
 ``HALF_OPEN_NS`` (longer than Linux's SYN retries), or when more than
 ``MAX_HALF_OPEN`` attempts are tracked (the least recently active first): a SYN
 flood or a scan costs bounded memory. A later segment of an expired attempt starts
-a new connection.
+a new connection. Established connections are bounded the same way: one quiet for
+``IDLE_EXPIRE_NS`` is summarised, and beyond ``MAX_OPEN`` tracked connections (a
+slowloris, a connection flood) the least recently active eighth is, each with the
+anomaly ``connection_expired``; a later segment picks it up as a new connection.
 
 The summary uses Zeek's vocabulary (``history`` letters and ``conn_state``,
 derived from the two endpoint states the way ``conn/main.zeek`` does) so users
@@ -71,6 +74,9 @@ HOLD_MAX_AHEAD = 1 << 20  # an ACK further ahead of the other direction is not w
 HOLD_GIVE_UP = 3  # holds that expired (the bytes never came) before a connection stops holding
 HALF_OPEN_NS = 130_000_000_000  # an attempt with no handshake this long quiet is over (Linux retries SYNs 127 s)
 MAX_HALF_OPEN = 10_000  # attempts with no handshake tracked at most; beyond, the oldest is over
+MAX_OPEN = 50_000  # connections tracked at most; beyond, the least recently active eighth is summarised
+IDLE_EXPIRE_NS = 7_200_000_000_000  # 2 h quiet: longer than any proxy's idle timeout (the ALB's maximum is 4,000 s)
+IDLE_CHECK_NS = 60_000_000_000  # how often (capture time) quiet connections are looked for
 RST_WINDOW = 1 << 23  # an RST further from its stream (either way) than any receive window is ignored
 RST_WAIT_NS = 200_000_000  # how long an RST waits for its sender's direction to go on (or not);
 # short beside diagnosis's 1 s look-ahead, as the exchanges the RST cuts wait with it
@@ -245,6 +251,8 @@ class TcpTracker:
         self._attempts: dict[int, _Conn] = {}  # id -> connection attempt (see _Conn.attempt), oldest first
         self.connections_seen = 0
         self.attempts_expired = 0  # attempts summarised early: quiet HALF_OPEN_NS, or beyond MAX_HALF_OPEN
+        self.connections_expired = 0  # established ones summarised early: quiet IDLE_EXPIRE_NS, or beyond MAX_OPEN
+        self._next_idle_check = 0
 
     @property
     def open_connections(self) -> int:
@@ -317,6 +325,8 @@ class TcpTracker:
             self._attempts[conn.id] = conn
             if len(self._attempts) > MAX_HALF_OPEN:  # a SYN flood or a scan: the oldest attempt is over
                 self._expire_attempt(next(iter(self._attempts.values())))
+        if len(self._by_tuple) > 2 * MAX_OPEN:
+            self._expire_quiet(pkt.ts_ns, pkt.frame, MAX_OPEN // 8, 0)
         return conn, RESP if conn.flipped else ORIG
 
     # -- connection attempts: bounded however many SYNs come --------------------------------------
@@ -346,6 +356,18 @@ class TcpTracker:
             if now_ns - conn.last_ns < HALF_OPEN_NS:
                 return
             self._expire_attempt(conn)
+
+    def _expire_quiet(self, now_ns: int, frame: int | None, count: int, quiet_ns: int) -> None:
+        """Summarise the ``count`` least recently active connections that have been quiet ``quiet_ns``, as
+        the capture's end would. A sort over every connection, but only once per ``MAX_OPEN // 8``
+        connections opened (or once per ``IDLE_CHECK_NS``), so nothing is paid per packet."""
+        conns = [c for c, d in self._by_tuple.values() if d == ORIG and now_ns - c.last_ns >= quiet_ns]
+        why = (f"quiet {quiet_ns / 1e9:.0f} s" if quiet_ns else
+               f"over {MAX_OPEN:,} connections tracked: the least recently active summarised")
+        for conn in sorted(conns, key=lambda c: (c.last_ns, c.id))[:count]:
+            self.connections_expired += 1
+            self.anomalies.add("connection_expired", frame, conn.last_ns, conn.flow, why)
+            self._finalize(conn, "eof", conn.last_ns, 0)
 
     @staticmethod
     def _guess_flipped(pkt: Packet) -> bool:
@@ -813,6 +835,9 @@ class TcpTracker:
         self._next_sweep = now_ns + 1_000_000_000
         if self._attempts:
             self._expire_attempts(now_ns)
+        if now_ns >= self._next_idle_check:
+            self._next_idle_check = now_ns + IDLE_CHECK_NS
+            self._expire_quiet(now_ns, None, len(self._by_tuple), IDLE_EXPIRE_NS)
         while self._lingering:
             conn = next(iter(self._lingering.values()))
             if now_ns - conn.closed_at < LINGER_NS:
