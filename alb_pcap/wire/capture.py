@@ -679,39 +679,8 @@ class _PcapReader:
 
     def records(self) -> Iterator[_Record]:
         """Frames until the end of the file, or until it turns out damaged (``damage``)."""
-        # The stage's hottest loop: _ByteSource.take() inlined.
-        source = self._source
-        unpack = self._record
-        frac_ns = self._frac_ns
-        linktype = self.linktype
-        buf, pos = source.buf, 0
-        try:
-            while True:
-                if len(buf) - pos < 16:
-                    buf, pos = source.refill(pos, 16), 0
-                    if len(buf) < 16:
-                        if buf:
-                            raise _Damaged(
-                                "truncated_capture_file", f"file ends {len(buf)} bytes into a record header"
-                            )
-                        return
-                sec, frac, caplen, _wirelen = unpack(buf, pos)
-                if caplen > MAX_RECORD_LEN:
-                    raise _Damaged(
-                        "corrupt_capture_file", f"record claims {caplen} bytes (max {MAX_RECORD_LEN})"
-                    )
-                start = pos + 16
-                pos = start + caplen
-                if pos > len(buf):
-                    buf, start, pos = source.refill(start, caplen), 0, caplen
-                    if pos > len(buf):
-                        raise _Damaged(
-                            "truncated_capture_file",
-                            f"file ends {len(buf)} bytes into a {caplen}-byte record",
-                        )
-                yield sec * 1_000_000_000 + frac * frac_ns, linktype, buf, start, pos
-        except _Damaged as damage:
-            self.damage = damage
+        while (record := self.next_record()) is not None:
+            yield record
 
     # The compiled walk reads from _ByteSource.buf at _ByteSource._pos, and hands the
     # records it does not take back here, one at a time.
