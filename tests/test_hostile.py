@@ -182,14 +182,25 @@ def test_a_slowloris_is_bounded_by_the_connection_budget(tmp_path, monkeypatch):
 
 
 def test_a_slowloris_keeps_a_bounded_number_of_transactions_and_the_same_findings(tmp_path, monkeypatch):
-    """Each slowloris connection leaves one request nothing answered or cut: kept to the capture's end, up to
-    ``MAX_UNCUT_KEPT``; the rest are counted. No finding comes of them either way."""
+    """Each slowloris connection leaves one request nothing answered or cut: it waits for its pair up to
+    ``MAX_WAITING`` at once, and is kept to the capture's end up to ``MAX_UNCUT_KEPT``; the rest are counted.
+    No finding comes of them either way."""
     from alb_pcap.diagnosis import correlate
 
     path = _write(tmp_path, "slowloris", hostile.slowloris(1000))
     _, unbounded, _ = _diagnose(path)
     monkeypatch.setattr(correlate, "MAX_UNCUT_KEPT", 100)
+    monkeypatch.setattr(correlate, "MAX_WAITING", 50)
+    waiting = []
+    push = correlate.Correlator._push
+
+    def watching(self, deadline, item):
+        push(self, deadline, item)
+        waiting.append(len(self._queue))
+
+    monkeypatch.setattr(correlate.Correlator, "_push", watching)
     _, bounded, _ = _diagnose(path)
+    assert max(waiting) == 50  # requests waiting out the pairing window (120 s; this capture lasts 0.1 s)
     assert len(unbounded.transactions) == 1000 and unbounded.counts.unanswered_not_kept == 0
     assert len(bounded.transactions) == 100 and bounded.counts.unanswered_not_kept == 900
     assert bounded.finding_counts == unbounded.finding_counts and bounded.verdict == unbounded.verdict

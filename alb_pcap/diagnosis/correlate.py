@@ -181,6 +181,7 @@ class Correlator:
         self._unclaimed: dict[tuple[int, int], ExchangeRef] = {}  # backs waiting for their front
         self._settling: dict[int, _Tx] = {}  # client connection -> its last healthy transaction
         self._next_sweep = 0
+        self._sweep_at = MAX_WAITING  # pairing keys that make a sweep due before its second
         self._kept: list[_Tx] = []
         self._uncut_kept = 0  # of them, those nothing answered or cut when closed (MAX_UNCUT_KEPT)
         self._counts: dict[str, int] = dict.fromkeys(Counts.__dataclass_fields__, 0)
@@ -195,6 +196,8 @@ class Correlator:
             self._add_front(ref)
         else:
             self._add_back(ref)
+        if len(self._fronts) + len(self._backs) > self._sweep_at:  # many keys within a second: sweep now
+            self._sweep()
         return side
 
     def refile(self) -> None:
@@ -233,6 +236,7 @@ class Correlator:
         for index, alive in ((self._fronts, _alive_front), (self._backs, lambda b: b.key in self._unclaimed)):
             for key in list(index):
                 _trim(index, key, alive)
+        self._sweep_at = 2 * (len(self._fronts) + len(self._backs)) + MAX_WAITING
 
     def widen(self, window_ns: int) -> None:
         """An idle timeout longer than the window was seen: wait at least that long."""
@@ -367,6 +371,8 @@ class Correlator:
     def _push(self, deadline: int, item: object) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (deadline, self._seq, item))
+        if len(self._queue) > MAX_WAITING:
+            self._expire(heapq.heappop(self._queue)[2])
 
     def _expire(self, item: object) -> None:
         if isinstance(item, _Tx):
@@ -418,6 +424,10 @@ class Correlator:
         return Transaction(leg(tx.front) if tx.front else None, backs, tx.paired_by)
 
 
+MAX_WAITING = 20_000
+"""Transactions and unclaimed target-side exchanges waiting out the pairing window, at most. Beyond (a
+slowloris, a flood of requests nothing answers, faster than the window lets them go), the one due first is
+settled at once, as the window's end would settle it: a pair arriving for it later is not made."""
 MAX_UNCUT_KEPT = 20_000
 """Transactions kept that nothing answered and no close has cut (yet): a slowloris leaves one per connection
 until the capture ends. Beyond this many, such a transaction is counted (``unanswered_not_kept``) and dropped;
