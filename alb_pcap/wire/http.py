@@ -1256,10 +1256,12 @@ class HttpConnection:
     # -- public API
 
     def close(self) -> None:
-        """Done with this connection: break the reader <-> connection cycle, so its memory
-        goes back at once instead of waiting for the cyclic collector."""
+        """Done with this connection: break the reader <-> connection cycle and each reader's own
+        (its ``_step`` is one of its bound methods), so their memory goes back at once instead of
+        waiting for the cyclic collector, which the pipeline runs rarely."""
         for reader in self._readers:
             reader.conn = None
+            reader._step = None
 
     def data(self, direction: int, data: bytes, ts_ns: int, frame: int) -> None:
         reader = self._readers[direction]
