@@ -39,7 +39,7 @@ from .detect import (
     gave_up_after,
     merge_views,
 )
-from .refs import PROXY_STATUSES, SEC, ExchangeRef, host_of, ref_of, split_flow
+from .refs import SEC, ExchangeRef, host_of, ref_of, split_flow
 from .roles import Proxy, RoleFinder, Roles
 from .selection import Selection
 from .software import ALB_ANSWERS, WORDS, words
@@ -130,29 +130,11 @@ class Diagnosis:
     # -- Sink ---------------------------------------------------------------------
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
-        self._take(ref_of(exchange, flow, self._hungry(flow)))
-
-    prepare = staticmethod(ref_of)
-    """What a ``--jobs`` worker may work out per exchange ahead of ``exchange_prepared`` (``wire/shards.py``)."""
-
-    def exchange_prepared(self, exchange: Exchange, ref: ExchangeRef) -> None:
-        """``exchange`` with its ref worked out by a worker, hints and all, under the worker's connection id:
-        made into the ref ``exchange`` would make."""
-        hungry = self._hungry(ref.flow)
-        self._take(ref._replace(
-            conn_id=exchange.conn_id, key=(exchange.conn_id, ref.index),
-            request_hint=ref.request_hint if hungry else None,
-            response_hint=ref.response_hint if hungry or ref.status in PROXY_STATUSES else None))
-
-    def _hungry(self, flow: str) -> bool:
-        """Are the exchange's addresses still worth reading for proxy software hints (``ref_of``)?"""
         opener, _, acceptor = flow.partition("->")
         side = self.roles.conn_side(opener, acceptor)
         keys = {"back": (f"ip:{host_of(opener)}",), "front": (f"ep:{acceptor}",)}.get(
             side, (f"ip:{host_of(opener)}", f"ep:{acceptor}"))
-        return self.roles.hints.hungry(*keys)
-
-    def _take(self, ref: ExchangeRef) -> None:
+        ref = ref_of(exchange, flow, self.roles.hints.hungry(*keys))
         known = self.roles.version
         self.finder.observe(ref)
         if self.roles.version != known:

@@ -68,8 +68,6 @@ class Coverage:
         if self.last_ns is None or conn.end_ns > self.last_ns:
             self.last_ns = conn.end_ns
 
-    reads_headers = False  # (see pipeline.Sink)
-
     def exchange(self, exchange: Exchange, flow: str) -> None:
         pass
 

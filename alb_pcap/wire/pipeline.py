@@ -37,11 +37,6 @@ class AnalysisError(Exception):
 
 
 class Sink(Protocol):
-    """Takes the records. With ``--jobs`` (``shards.py``) a sink may have its first step per exchange run in
-    the workers: ``prepare(exchange, flow)``, a module-level function, whose result the parent hands to
-    ``exchange_prepared(exchange, result)`` instead of calling ``exchange``; such a sink gets the exchange
-    without its headers unless another sink reads them (a sink that does not says ``reads_headers = False``)."""
-
     def connection(self, conn: Connection) -> None: ...
     def exchange(self, exchange: Exchange, flow: str) -> None: ...
 

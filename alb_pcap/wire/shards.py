@@ -147,31 +147,23 @@ class _TaggedLog(AnomalyLog):
 
 
 class _Forward:
-    """The worker's sink: finished records go to the parent, each exchange with what the parent's sinks
-    asked to have prepared for it (``Sink.prepare``), and without its headers when no other sink reads them
-    (they are most of what crosses the pipe)."""
+    """The worker's sink: finished records go to the parent."""
 
-    def __init__(self, out: _Outbox, prepares: tuple[Callable, ...], headers: bool) -> None:
+    def __init__(self, out: _Outbox) -> None:
         self.put = out.put
-        self.prepares = prepares
-        self.headers = headers
 
     def connection(self, conn: Connection) -> None:
         self.put("conn", conn)
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
-        prepared = tuple(prepare(exchange, flow) for prepare in self.prepares)
-        if not self.headers:
-            exchange = exchange._replace(request_headers=(), response_headers=())
-        self.put("exchange", exchange, (flow, prepared))
+        self.put("exchange", exchange, flow)
 
 
 class _ShardStage(pipeline._HttpStage):
     """The HTTP stage, also telling the parent when a connection opens (for its id)."""
 
-    def __init__(self, out: _Outbox, summary: pipeline.Summary, prepares: tuple[Callable, ...],
-                 headers: bool) -> None:
-        super().__init__([_Forward(out, prepares, headers)], summary)
+    def __init__(self, out: _Outbox, summary: pipeline.Summary) -> None:
+        super().__init__([_Forward(out)], summary)
         self.out = out
         self.opened: dict[int, tuple] = {}  # local id -> the key of its "open" record
 
@@ -239,8 +231,7 @@ class _ShardTracker(TcpTracker):
             out.sub = ()
 
 
-def _work(paths: list[str], offsets: list[int], jobs: int, k: int, out: _Outbox,
-          prepares: tuple[Callable, ...], headers: bool) -> None:
+def _work(paths: list[str], offsets: list[int], jobs: int, k: int, out: _Outbox) -> None:
     log = _TaggedLog(out)
     summary = pipeline.Summary(anomalies=log)
     summary.clock_offsets_ns = offsets
@@ -250,7 +241,7 @@ def _work(paths: list[str], offsets: list[int], jobs: int, k: int, out: _Outbox,
     try:
         for path in paths:
             captures.append(open_capture(path, capture_log))
-        stage = _ShardStage(out, summary, prepares, headers)
+        stage = _ShardStage(out, summary)
         tracker = _ShardTracker(stage, log, out)
         count = 0
         pkt, reading = None, True
@@ -306,15 +297,14 @@ def _portable(exc: BaseException) -> BaseException:
     return clone
 
 
-def _worker(paths: list[str], offsets: list[int], jobs: int, k: int, conn, prepares: tuple[Callable, ...],
-            headers: bool) -> None:
+def _worker(paths: list[str], offsets: list[int], jobs: int, k: int, conn) -> None:
     """A process's entry point (importable, arguments plain: spawn-safe)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     gc.set_threshold(100_000, 50, 100)  # as pipeline.analyze, for the same reason
     out = _Outbox(conn)
     try:
         try:
-            _work(paths, offsets, jobs, k, out, prepares, headers)
+            _work(paths, offsets, jobs, k, out)
         except CaptureError as exc:  # the file changed since the parent opened it
             out.put("capture_error", str(exc))
         except BaseException as exc:
@@ -373,8 +363,6 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
     for name in names:  # unusable input fails here, as one job fails, before any worker starts
         open_capture(name, AnomalyLog()).close()
     ctx = _context()
-    prepares = tuple(s.prepare for s in sinks if hasattr(s, "prepare"))  # module-level functions: spawn-safe
-    headers = any(getattr(s, "reads_headers", True) for s in sinks if not hasattr(s, "prepare"))
     procs, conns, done = [], [], False
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
@@ -382,7 +370,7 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
         for k in range(jobs):
             reader, writer = ctx.Pipe(duplex=False)
             _widen(reader)
-            proc = ctx.Process(target=_worker, args=(names, offsets, jobs, k, writer, prepares, headers), daemon=True,
+            proc = ctx.Process(target=_worker, args=(names, offsets, jobs, k, writer), daemon=True,
                                name=f"alb-pcap-shard-{k}")
             proc.start()
             writer.close()  # the worker's end: an EOF when the worker dies
@@ -411,18 +399,14 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
     totals: Counter[str] = Counter()
     peaks: dict[int, list[int]] = {}  # sample position -> open connections reported so far
     conn_sinks = [s.connection for s in sinks]
-    exchange_sinks = [s.exchange for s in sinks if not hasattr(s, "prepare")]
-    prepared_sinks = [s.exchange_prepared for s in sinks if hasattr(s, "prepare")]
+    exchange_sinks = [s.exchange for s in sinks]
     count_exchange, count_connection = pipeline.count_exchange, pipeline.count_connection
     for key, w, kind, a, b in heapq.merge(*streams, key=lambda r: r[0]):
         if kind == "exchange":
             exchange = a._replace(conn_id=ids[w, a.conn_id])
             count_exchange(summary, exchange)
-            flow, prepared = b
             for sink in exchange_sinks:
-                sink(exchange, flow)
-            for sink, made in zip(prepared_sinks, prepared):
-                sink(exchange, made)
+                sink(exchange, b)
         elif kind == "open":
             ids[w, a] = next_id
             next_id += 1
