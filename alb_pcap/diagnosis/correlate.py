@@ -34,7 +34,6 @@ one to one.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,7 +47,7 @@ from .refs import (
     same_request,
     similarity,
 )
-from .roles import Proxy, Roles
+from .roles import Proxy, Roles, file_under
 
 # -- what correlation produces ----------------------------------------------------
 
@@ -170,9 +169,9 @@ class Correlator:
         self.window_ns = window_ns
         self.settle_ns = settle_ns
         # Per pairing key, newest last. Entries are dropped lazily (see _trim): one client
-        # polling one URI puts thousands of exchanges under one key.
-        self._fronts: dict[tuple, deque[_Tx]] = {}
-        self._backs: dict[tuple, deque[ExchangeRef]] = {}
+        # polling one URI puts thousands of exchanges under one key (see file_under).
+        self._fronts: dict[tuple, list[_Tx]] = {}
+        self._backs: dict[tuple, list[ExchangeRef]] = {}
         self._queue: list[tuple[int, int, object]] = []  # (deadline, seq, _Tx | ExchangeRef)
         self._seq = 0
         self._where: dict[tuple[int, int], _Tx | None] = {}  # exchange -> its tx (None: waiting back)
@@ -265,7 +264,7 @@ class Correlator:
                 break
         if not tx.backs:  # its back may still come (merged captures, a proxy still waiting)
             for key in keys:
-                self._fronts.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(tx)
+                file_under(self._fronts, key, tx, MAX_PER_KEY)
         if ref.interesting or any(b.interesting for b in tx.backs):
             self._push(ref.last_ns + self.window_ns, tx)
         else:
@@ -333,7 +332,7 @@ class Correlator:
         self._where[ref.key] = None
         self._unclaimed[ref.key] = ref
         for key in keys:
-            self._backs.setdefault(key, deque(maxlen=MAX_PER_KEY)).append(ref)
+            file_under(self._backs, key, ref, MAX_PER_KEY)
         # the queue holds only the key: a claimed back must not stay alive until its deadline
         self._push(ref.last_ns + (self.window_ns if ref.interesting else self.settle_ns), ref.key)
 
@@ -447,20 +446,25 @@ def _distance(front: ExchangeRef, back: ExchangeRef) -> tuple[float, int]:
     return (-similarity(front.fingerprint, back.fingerprint), back.start_ns - front.start_ns)
 
 
-def _trim(index: dict[tuple, deque], key: tuple, alive: Callable[[object], bool]) -> deque | None:
+def _trim(index: dict[tuple, list], key: tuple, alive: Callable[[object], bool]) -> list | None:
     """The entries under ``key``, dead ones trimmed from the old end (the key goes when none is left).
 
-    Entries die in roughly arrival order, so trimming the old end keeps each deque short; callers
+    Entries die in roughly arrival order, so trimming the old end keeps each list short; callers
     look at the newest ``MAX_CANDIDATES`` live ones.
     """
     waiting = index.get(key)
     if not waiting:
         return None
-    while waiting and not alive(waiting[0]):
-        waiting.popleft()
-    if not waiting:
+    dead = 0
+    for entry in waiting:
+        if alive(entry):
+            break
+        dead += 1
+    if dead == len(waiting):
         del index[key]
         return None
+    if dead:
+        del waiting[:dead]
     return waiting
 
 

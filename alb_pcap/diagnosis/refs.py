@@ -35,7 +35,7 @@ def split_flow(flow: str) -> tuple[str, str]:
     return opener, acceptor
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 12)
 def host_of(endpoint: str) -> str:
     """``1.2.3.4:80`` -> ``1.2.3.4``; ``[2001:db8::1]:80`` -> ``2001:db8::1``. Cached: asked per exchange."""
     return endpoint.rpartition(":")[0].strip("[]")

@@ -77,7 +77,7 @@ class Roles:
         key = (opener, acceptor)
         if key in self._sides:
             return self._sides[key]
-        if len(self._sides) >= 1 << 16:
+        if len(self._sides) >= 1 << 12:
             self._sides.clear()
         side = self._sides[key] = self._conn_side(opener, acceptor)
         return side
@@ -225,8 +225,8 @@ class RoleFinder:
 
     def __init__(self, roles: Roles) -> None:
         self.roles = roles
-        self._recent: dict[tuple, deque[ExchangeRef]] = {}  # (content, acceptor) -> newest last
-        self._unknown: dict[tuple, deque[ExchangeRef]] = {}  # the recent ones whose connection had no role
+        self._recent: dict[tuple, list[ExchangeRef]] = {}  # (content, acceptor) -> newest last
+        self._unknown: dict[tuple, list[ExchangeRef]] = {}  # the recent ones whose connection had no role
         self._acceptors: dict[tuple, dict[str, None]] = {}  # content -> acceptors it was sent to lately
         self._version = roles.version
         self._arrivals: deque[tuple[int, tuple]] = deque()
@@ -238,8 +238,8 @@ class RoleFinder:
         self._forget(ref.start_ns - self.HORIZON_NS)
         if self._version != self.roles.version:  # roles were learnt: the unknown may be known now
             self._version = self.roles.version
-            self._unknown = {key: deque((r for r in refs if self.roles.conn_side(r.opener, r.acceptor) is None),
-                                        maxlen=self.PER_KEY) for key, refs in self._unknown.items()}
+            self._unknown = {key: [r for r in refs if self.roles.conn_side(r.opener, r.acceptor) is None]
+                             for key, refs in self._unknown.items()}
         known = self.roles.conn_side(ref.opener, ref.acceptor) is not None
         # A pair teaches something only if one of the two has no role yet (once every address has
         # one, only exchanges of unknown connections are compared), and only across two acceptors:
@@ -253,9 +253,9 @@ class RoleFinder:
                     if self._encloses(outer, inner):
                         self._vote(outer, inner)
         key = (ref.content, ref.acceptor)
-        self._recent.setdefault(key, deque(maxlen=self.PER_KEY)).append(ref)
+        file_under(self._recent, key, ref, self.PER_KEY)
         if not known:
-            self._unknown.setdefault(key, deque(maxlen=self.PER_KEY)).append(ref)
+            file_under(self._unknown, key, ref, self.PER_KEY)
         acceptors = self._acceptors.setdefault(ref.content, {})
         if ref.acceptor not in acceptors and len(acceptors) < self.MAX_ACCEPTORS:
             acceptors[ref.acceptor] = None
@@ -268,10 +268,17 @@ class RoleFinder:
             upto = max(before_ns, ts + 1)  # beyond MAX_RECENT: this arrival and older ones of its key go
             for index in (self._recent, self._unknown):
                 recent = index.get(key)
-                while recent and recent[0].start_ns < upto:
-                    recent.popleft()
-                if recent is not None and not recent:
+                if recent is None:
+                    continue
+                gone = 0
+                for ref in recent:
+                    if ref.start_ns >= upto:
+                        break
+                    gone += 1
+                if gone == len(recent):
                     del index[key]
+                elif gone:
+                    del recent[:gone]
             if key not in self._recent:
                 acceptors = self._acceptors.get(key[0])
                 if acceptors is not None:
@@ -309,3 +316,18 @@ class RoleFinder:
         tight = inner.request_start_ns - (outer.request_end_ns or outer.request_start_ns) <= self.TIGHT_LAG_NS
         if host_of(listener) == back_ip or shared_id or tight or votes >= self.VOTES:
             self.roles.assign(listener, back_ip, inner.acceptor)
+
+
+def file_under(index: dict[tuple, list], key: tuple, entry: object, cap: int) -> None:
+    """Add ``entry`` under ``key``, newest last; beyond ``cap`` the oldest falls off.
+
+    Lists, not deques: most keys (a request id, a rare URI) hold one entry, and an empty deque alone is
+    600 bytes; so is the deque ``setdefault(key, deque())`` would build on every call.
+    """
+    entries = index.get(key)
+    if entries is None:
+        index[key] = [entry]
+        return
+    entries.append(entry)
+    if len(entries) > cap:
+        del entries[0]
