@@ -47,7 +47,7 @@ from .refs import (
     same_request,
     similarity,
 )
-from .roles import Proxy, Roles, file_under
+from .roles import Proxy, Roles, drop_until, file_under
 
 # -- what correlation produces ----------------------------------------------------
 
@@ -455,16 +455,9 @@ def _trim(index: dict[tuple, list], key: tuple, alive: Callable[[object], bool])
     waiting = index.get(key)
     if not waiting:
         return None
-    dead = 0
-    for entry in waiting:
-        if alive(entry):
-            break
-        dead += 1
-    if dead == len(waiting):
+    if not drop_until(waiting, alive):
         del index[key]
         return None
-    if dead:
-        del waiting[:dead]
     return waiting
 
 

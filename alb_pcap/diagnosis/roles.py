@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Callable
 
 from .refs import (
     CLOCK_RESIDUE_NS,
@@ -268,17 +269,8 @@ class RoleFinder:
             upto = max(before_ns, ts + 1)  # beyond MAX_RECENT: this arrival and older ones of its key go
             for index in (self._recent, self._unknown):
                 recent = index.get(key)
-                if recent is None:
-                    continue
-                gone = 0
-                for ref in recent:
-                    if ref.start_ns >= upto:
-                        break
-                    gone += 1
-                if gone == len(recent):
+                if recent is not None and not drop_until(recent, lambda r: r.start_ns >= upto):
                     del index[key]
-                elif gone:
-                    del recent[:gone]
             if key not in self._recent:
                 acceptors = self._acceptors.get(key[0])
                 if acceptors is not None:
@@ -331,3 +323,15 @@ def file_under(index: dict[tuple, list], key: tuple, entry: object, cap: int) ->
     entries.append(entry)
     if len(entries) > cap:
         del entries[0]
+
+
+def drop_until(entries: list, keep: Callable[[object], bool]) -> list:
+    """Drop the oldest entries (the front) up to the first that ``keep`` accepts; returns what is left."""
+    gone = 0
+    for entry in entries:
+        if keep(entry):
+            break
+        gone += 1
+    if gone:
+        del entries[:gone]
+    return entries
