@@ -398,23 +398,20 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
     kept = Counter()  # anomalies kept per name, in merged order
     totals: Counter[str] = Counter()
     peaks: dict[int, list[int]] = {}  # sample position -> open connections reported so far
-    conn_sinks = [s.connection for s in sinks]
-    exchange_sinks = [s.exchange for s in sinks]
+    batched = pipeline.Batched(sinks)
     count_exchange, count_connection = pipeline.count_exchange, pipeline.count_connection
     for key, w, kind, a, b in heapq.merge(*streams, key=lambda r: r[0]):
         if kind == "exchange":
             exchange = a._replace(conn_id=ids[w, a.conn_id])
             count_exchange(summary, exchange)
-            for sink in exchange_sinks:
-                sink(exchange, b)
+            batched.exchange(exchange, b)
         elif kind == "open":
             ids[w, a] = next_id
             next_id += 1
         elif kind == "conn":
             conn = replace(a, id=ids.pop((w, a.id)))
             count_connection(summary, conn)
-            for sink in conn_sinks:
-                sink(conn)
+            batched.connection(conn)
         elif kind == "anomaly":
             if kept[a.name] < log.keep_per_name:
                 kept[a.name] += 1
@@ -442,5 +439,6 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
             raise pipeline.AnalysisError(a, frame, capture) from a
         elif kind == "capture_error":
             raise CaptureError(a)
+    batched.flush()
     for name in log.counts:
         log.counts[name] = totals[name]
