@@ -60,7 +60,6 @@ import traceback
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 from ..model import Anomaly, AnomalyLog, CaptureError, Connection, Exchange, Packet
 from . import pipeline
@@ -156,7 +155,7 @@ class _Forward:
         self.put("conn", conn)
 
     def exchange(self, exchange: Exchange, flow: str) -> None:
-        self.put("exchange", exchange, flow)
+        self.put("exchange", tuple(exchange), flow)  # a plain tuple pickles ~3x faster (see _merge)
 
 
 class _ShardStage(pipeline._HttpStage):
@@ -390,6 +389,9 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
     return summary
 
 
+_new_tuple = tuple.__new__
+
+
 def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summary,
            progress: Callable[[int], None] | None, jobs: int) -> None:
     ids: dict[tuple[int, int], int] = {}  # (worker, its connection id) -> one job's id
@@ -402,14 +404,17 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
     count_exchange, count_connection = pipeline.count_exchange, pipeline.count_connection
     for key, w, kind, a, b in heapq.merge(*streams, key=lambda r: r[0]):
         if kind == "exchange":
-            exchange = a._replace(conn_id=ids[w, a.conn_id])
+            # From the worker's plain tuple, with one job's id: conn_id is Exchange's first field
+            # (cheaper than unpickling the NamedTuple, then _replace).
+            exchange = _new_tuple(Exchange, (ids[w, a[0]], *a[1:]))
             count_exchange(summary, exchange)
             batched.exchange(exchange, b)
         elif kind == "open":
             ids[w, a] = next_id
             next_id += 1
         elif kind == "conn":
-            conn = replace(a, id=ids.pop((w, a.id)))
+            conn = a  # the parent's own unpickled copy, seen by no one yet: set one job's id in place
+            object.__setattr__(conn, "id", ids.pop((w, a.id)))  # (dataclasses.replace costs ~5 µs)
             count_connection(summary, conn)
             batched.connection(conn)
         elif kind == "anomaly":
