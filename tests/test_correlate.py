@@ -3,7 +3,7 @@ from __future__ import annotations
 from alb_pcap.model import ORIG, RESP, AnomalyLog
 from alb_pcap.wire.http import HttpConnection
 from alb_pcap.diagnosis.correlate import Correlator, Cut
-from alb_pcap.diagnosis.refs import SEC, host_of, ref_of, split_flow
+from alb_pcap.diagnosis.refs import SEC, ExchangeRef, host_of, ref_of, split_flow
 from alb_pcap.diagnosis.roles import RoleFinder, Roles
 
 from .diag_builders import (
@@ -47,6 +47,13 @@ def test_ref_reads_forwarding_headers():
     assert ref.forwarded_for == "198.18.0.10"
     assert ref.forwarded_port == 80
     assert ref.request_ids == (("x-amzn-trace-id", ROOT),)  # Root= only: the ALB adds Self=
+
+
+def test_ref_is_a_whole_exchange_ref():
+    """ref_of builds the tuple without the NamedTuple's constructor, which would have checked the field count."""
+    ref = ref_of(back_exchange(client="198.18.0.10:1", trace=ROOT), TARGET_FLOW)
+    assert type(ref) is ExchangeRef and len(ref) == len(ExchangeRef._fields)
+    assert ref._asdict()["key"] == (ref.conn_id, ref.index)  # the last field, in its place
 
 
 def test_ref_xff_last_hop_and_close():

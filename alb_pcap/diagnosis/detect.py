@@ -146,7 +146,10 @@ class TimerBook:
         self.book: dict[tuple[str, str], Clusterer] = {}
 
     def observe(self, name: str, subject: str, ns: int) -> None:
-        self.book.setdefault((name, subject), Clusterer()).add(ns / SEC)
+        clusterer = self.book.get((name, subject))
+        if clusterer is None:  # (setdefault would build one per observation)
+            clusterer = self.book[name, subject] = Clusterer()
+        clusterer.add(ns / SEC)
 
     def renamed(self, rename: Callable[[str, str], str]) -> TimerBook:
         out = TimerBook()

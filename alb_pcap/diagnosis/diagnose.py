@@ -132,8 +132,12 @@ class Diagnosis:
     def exchange(self, exchange: Exchange, flow: str) -> None:
         opener, _, acceptor = flow.partition("->")
         side = self.roles.conn_side(opener, acceptor)
-        keys = {"back": (f"ip:{host_of(opener)}",), "front": (f"ep:{acceptor}",)}.get(
-            side, (f"ip:{host_of(opener)}", f"ep:{acceptor}"))
+        if side == "back":
+            keys = (f"ip:{host_of(opener)}",)
+        elif side == "front":
+            keys = (f"ep:{acceptor}",)
+        else:
+            keys = (f"ip:{host_of(opener)}", f"ep:{acceptor}")
         ref = ref_of(exchange, flow, self.roles.hints.hungry(*keys))
         known = self.roles.version
         self.finder.observe(ref)
@@ -165,7 +169,9 @@ class Diagnosis:
             self._exchange(item)
 
     def _exchange(self, ref: ExchangeRef) -> None:
-        act = self._open.setdefault(ref.conn_id, _Activity())
+        act = self._open.get(ref.conn_id)
+        if act is None:  # (setdefault would build one per exchange)
+            act = self._open[ref.conn_id] = _Activity()
         if act.spare is not None:  # not the connection's last after all: no close can cut it
             act.spare = None
             self._not_kept += 1

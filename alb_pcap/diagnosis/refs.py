@@ -111,7 +111,7 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
             last_ns = t
     if last_ns is None:
         last_ns = 0
-    return ExchangeRef(
+    return _new_tuple(ExchangeRef, (
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
         ex.request_frame, ex.response_frame,
@@ -124,7 +124,12 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
         _asks_close(response.get("connection"), None),
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
         ex.request_start_ns if ex.request_start_ns is not None else last_ns, (ex.conn_id, ex.index),
-    )
+    ))
+
+
+_new_tuple = tuple.__new__
+"""ExchangeRef(...) runs the NamedTuple's generated ``__new__`` in the interpreter, ~10% of ``ref_of``; this
+builds the same tuple directly (its fields in declaration order, all given)."""
 
 
 # Headers whose values are never a per-request id (a session cookie repeats per client).
@@ -137,6 +142,7 @@ NOT_IDS = frozenset({
     "proxy-authorization", "sec-websocket-key", "tracestate", "baggage",
 })
 _ID_CHARS = frozenset("0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-_.:=+/")
+_DIGITS = frozenset("0123456789")
 
 
 def _request_ids(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -158,7 +164,7 @@ def _request_ids(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
         elif name == "b3":
             value = value.split("-")[0]
         value = value.strip()
-        if len(value) >= 16 and _ID_CHARS.issuperset(value) and any(c.isdigit() for c in value):
+        if len(value) >= 16 and _ID_CHARS.issuperset(value) and not _DIGITS.isdisjoint(value):
             ids.append((name, value))
     return tuple(ids)
 

@@ -98,7 +98,10 @@ class Roles:
         """A pair was made: the front's acceptor is a listener of the proxy that opened the back."""
         number = self.assign(front.acceptor, host_of(back.opener), back.acceptor)
         self.paired[number] = self.paired.get(number, 0) + 1
-        self.paired_how.setdefault(number, Counter())[how] += 1
+        how_counts = self.paired_how.get(number)
+        if how_counts is None:  # not setdefault(number, Counter()): a Counter built per pair costs more than the rest
+            how_counts = self.paired_how[number] = Counter()
+        how_counts[how] += 1
 
     def assign(self, listener: str, back_ip: str, target: str) -> int:
         keys = (f"ep:{listener}", f"ip:{back_ip}")

@@ -89,7 +89,10 @@ class Hints:
             return
         self._seen[key] = self._seen.get(key, 0) + 1
         if hint is not None:
-            self._by_key.setdefault(key, Counter())[hint] += 1
+            hints = self._by_key.get(key)
+            if hints is None:  # (setdefault would build a Counter per exchange)
+                hints = self._by_key[key] = Counter()
+            hints[hint] += 1
 
     def name(self, keys: tuple[str, ...]) -> str | None:
         total: Counter[str] = Counter()
