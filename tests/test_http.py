@@ -67,6 +67,7 @@ def test_keepalive_exchanges_carry_heads_times_and_frames():
         (RESP, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
     )
     first, second = exchanges
+    assert type(first) is Exchange  # built without the NamedTuple's constructor: the equality below checks every field
     assert first == Exchange(
         conn_id=7, index=1, method="GET", uri="/a?x=1", version="1.1",
         request_headers=(("Host", "example.com"), ("Accept", "*/*"), ("Accept", "text/html")),
