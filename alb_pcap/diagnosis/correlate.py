@@ -34,7 +34,7 @@ one to one.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..model import Close
@@ -109,12 +109,17 @@ class Correlation:
 # -- the correlator ---------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class _Tx:
-    front: ExchangeRef | None
-    backs: list[ExchangeRef] = field(default_factory=list)
-    paired_by: str | None = None
-    done: bool = False
+    """A transaction being paired: one per front exchange. A plain class, not a dataclass: a
+    dataclass's generated ``__init__`` runs in the interpreter even in the compiled build."""
+
+    __slots__ = ("front", "backs", "paired_by", "done")
+
+    def __init__(self, front: ExchangeRef | None, backs: list[ExchangeRef] | None = None) -> None:
+        self.front = front
+        self.backs = [] if backs is None else backs
+        self.paired_by: str | None = None
+        self.done = False
 
 
 def _front_keys(ref: ExchangeRef) -> list[tuple]:
