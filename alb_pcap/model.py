@@ -169,6 +169,11 @@ class Connection:
         return format_flow(self.orig, self.orig_port, self.resp, self.resp_port)
 
 
+from_fields = tuple.__new__
+"""``from_fields(Exchange, (every field, in order))``: the NamedTuple without its generated ``__new__``,
+which runs in the interpreter even in the compiled build; for the records built once per exchange."""
+
+
 class Exchange(NamedTuple):
     """One HTTP request and its response on one connection (mitmproxy's HTTPFlow).
 

@@ -126,3 +126,34 @@ def test_reordering_across_directions_does_not_change_exchanges(mss, moves):
     for k, into in moves:
         packets = _response_ahead_of_request(packets, k, into)
     assert exchanges(packets) == EXPECTED
+
+
+def test_batched_sinks_get_every_record_in_arrival_order():
+    """Records reach the sinks SINK_BATCH at a time, connections and exchanges interleaved as they came."""
+    from alb_pcap.wire import pipeline
+
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def connection(self, conn):
+            self.seen.append(("conn", conn))
+
+        def exchange(self, exchange, flow):
+            self.seen.append(("exchange", exchange, flow))
+
+    first, second = Recorder(), Recorder()
+    batched = pipeline.Batched([first, second])
+    sent = []
+    for i in range(2 * pipeline.SINK_BATCH + 7):
+        if i % 3:
+            batched.exchange(f"exchange {i}", f"flow {i}")
+            sent.append(("exchange", f"exchange {i}", f"flow {i}"))
+        else:
+            batched.connection(f"connection {i}")
+            sent.append(("conn", f"connection {i}"))
+        if i == pipeline.SINK_BATCH - 2:
+            assert first.seen == []  # held until the batch is full
+    assert first.seen == sent[:2 * pipeline.SINK_BATCH]
+    batched.flush()
+    assert first.seen == second.seen == sent

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import NamedTuple
 from zlib import crc32
 
-from ..model import Exchange
+from ..model import Exchange, from_fields
 from .software import from_request, from_response
 
 SEC = 1_000_000_000
@@ -111,7 +111,7 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
             last_ns = t
     if last_ns is None:
         last_ns = 0
-    return _new_tuple(ExchangeRef, (
+    return from_fields(ExchangeRef, (  # every field, in order
         flow, ex.conn_id, ex.index, ex.method, ex.uri, ex.status, ex.ended,
         ex.request_start_ns, ex.request_end_ns, ex.response_start_ns, ex.response_end_ns,
         ex.request_frame, ex.response_frame,
@@ -125,11 +125,6 @@ def ref_of(ex: Exchange, flow: str, hints: bool = True) -> ExchangeRef:
         opener, acceptor, answered, not answered or ex.status in PROXY_STATUSES, last_ns,
         ex.request_start_ns if ex.request_start_ns is not None else last_ns, (ex.conn_id, ex.index),
     ))
-
-
-_new_tuple = tuple.__new__
-"""ExchangeRef(...) runs the NamedTuple's generated ``__new__`` in the interpreter, ~10% of ``ref_of``; this
-builds the same tuple directly (its fields in declaration order, all given)."""
 
 
 # Headers whose values are never a per-request id (a session cookie repeats per client).

@@ -75,7 +75,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from ..model import ORIG, RESP, AnomalyLog, Exchange
+from ..model import ORIG, RESP, AnomalyLog, Exchange, from_fields
 
 HEAD_MAX = 64 * 1024  # bytes of one head or chunk line we are willing to buffer
 RESYNC_KEEP = 8 * 1024  # tail kept while scanning for a message start
@@ -509,13 +509,12 @@ class _Tx:
             self.ended = ended
 
     def freeze(self, conn_id: int, ended: str) -> Exchange:
-        # Every field, in Exchange's order, straight into the tuple: Exchange(...) would run the
-        # NamedTuple's generated __new__ in the interpreter, and this runs once per exchange.
+        # Every field, in Exchange's order (model.from_fields): this runs once per exchange.
         request_start_ns, response_start_ns = self.start_ns
         request_end_ns, response_end_ns = self.end_ns
         request_frame, response_frame = self.start_frame
         request_body_len, response_body_len = self.body
-        return _new_tuple(Exchange, (
+        return from_fields(Exchange, (
             conn_id,
             self.index,
             self.method,
@@ -537,9 +536,6 @@ class _Tx:
             response_frame,
             ended,
         ))
-
-
-_new_tuple = tuple.__new__
 
 
 # ---------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from ..model import Anomaly, AnomalyLog, CaptureError, Connection, Exchange, Packet
+from ..model import Anomaly, AnomalyLog, CaptureError, Connection, Exchange, Packet, from_fields
 from . import pipeline
 from .capture import open_capture
 from .tcp import TcpTracker
@@ -389,9 +389,6 @@ def analyze(paths: list, sinks: list, progress: Callable[[int], None] | None, jo
     return summary
 
 
-_new_tuple = tuple.__new__
-
-
 def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summary,
            progress: Callable[[int], None] | None, jobs: int) -> None:
     ids: dict[tuple[int, int], int] = {}  # (worker, its connection id) -> one job's id
@@ -406,7 +403,7 @@ def _merge(streams: list[Iterator[tuple]], sinks: list, summary: pipeline.Summar
         if kind == "exchange":
             # From the worker's plain tuple, with one job's id: conn_id is Exchange's first field
             # (cheaper than unpickling the NamedTuple, then _replace).
-            exchange = _new_tuple(Exchange, (ids[w, a[0]], *a[1:]))
+            exchange = from_fields(Exchange, (ids[w, a[0]], *a[1:]))
             count_exchange(summary, exchange)
             batched.exchange(exchange, b)
         elif kind == "open":
